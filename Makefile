@@ -1,0 +1,49 @@
+# The workbook's doors. Every target sets up .venv from requirements.txt first when it is missing
+# or older, registers the notebooks' kernel, and needs nothing installed by hand.
+#   make report            everything: data, the four runs, evaluation, reports/report.html
+#   make test              the tests
+# Variables: PROFILE=auto|full|quick, DATA=<data dir>, DEVICE=auto|cpu|cuda
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KERNEL := histo-workbook
+PROFILE ?= auto
+DATA ?= data/synthetic
+DEVICE ?= auto
+PIPELINE := $(PY) -m lib.pipeline
+
+.PHONY: all run-all report lab tensorboard test clean distclean venv
+
+all: report
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (histo workbook)"
+	@# Lets every notebook, wherever its kernel starts, import lib/ from this checkout.
+	@echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/histo_workbook.pth"
+	@touch $@
+
+run-all: venv
+	$(PIPELINE) run-all --profile $(PROFILE) --data "$(abspath $(DATA))" --device $(DEVICE)
+
+report: run-all
+	$(PIPELINE) report
+
+lab: venv
+	$(PY) -m jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks --no-browser
+
+tensorboard: venv
+	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs reports
+
+distclean: clean
+	rm -rf data $(VENV)

@@ -1,0 +1,1 @@
+"""The histopathology workbook's shared library: everything the notebooks call."""

@@ -1,0 +1,118 @@
+"""One validated config per run, built from the registry and a notebook's parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib import registry
+from lib.paths import DEFAULT_DATA_DIR, RUNS_DIR, resolve
+
+MODELS = ("baseline", "resnet50")
+HEADS = ("imagenet1000", "binary")
+WEIGHTS = ("imagenet", "none")
+SCHEDULERS = ("none", "plateau")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs. Units in the comments."""
+
+    run: str  # the registry's name of the run; also its folder under runs_dir
+    title: str
+    model: str  # "baseline" or "resnet50"
+    epochs: int
+    batch_size: int  # tiles per optimizer step; validation uses the same size with drop_last
+    augment: bool  # the original's rotation, flips and random crop on training tiles
+    scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
+    lr: float = 1e-3  # Adam's learning rate
+    crop_size: int = 200  # pixels; only with augment
+    head: str = "imagenet1000"  # ResNet50: the original's kept 1000-way head, or "binary" (2-way)
+    weights: str = "imagenet"  # ResNet50: "imagenet" when found offline (else from scratch, said so), or "none"
+    weights_path: str | None = None  # a ResNet50 ImageNet state-dict file to use instead of the torch cache
+    subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
+    valid_fraction: float = 0.1
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    runs_dir: str = str(RUNS_DIR)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    seed: int = 0
+    profile: str = "full"  # the profile the registry values came from
+    profile_reason: str = ""  # why that profile (for the run's record)
+    notebook: str = ""
+    order: int = 0
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.run
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+
+def resolve_profile(profile: str) -> tuple[str, str]:
+    """The profile to use and why: `auto` means `full` on CUDA, `quick` otherwise."""
+    if profile != "auto":
+        return profile, f"profile {profile!r} asked for"
+    import torch
+
+    if torch.cuda.is_available():
+        return "full", f"profile 'auto' chose 'full': CUDA device {torch.cuda.get_device_name(0)} found"
+    return "quick", "profile 'auto' chose 'quick': no CUDA device, so the CPU-sized subset and epochs are used"
+
+
+def _check_type(name: str, value, expected_type) -> None:
+    allowed = expected_type if isinstance(expected_type, tuple) else (expected_type,)
+    # bool is an int in Python, but epochs=True is a mistake, not a number.
+    if isinstance(value, bool) and bool not in allowed:
+        raise TypeError(f"parameter {name}={value!r} should be {expected_type}, not a bool")
+    if not isinstance(value, allowed):
+        raise TypeError(f"parameter {name}={value!r} should be of type {' or '.join(t.__name__ for t in allowed)}")
+
+
+_TYPES = {
+    "run": str, "title": str, "model": str, "epochs": int, "batch_size": int, "augment": bool,
+    "scheduler": str, "lr": (float, int), "crop_size": int, "head": str, "weights": str,
+    "weights_path": (str, type(None)), "subset": int, "valid_fraction": float, "data_dir": (str, Path),
+    "runs_dir": (str, Path), "device": str, "seed": int, "profile": str, "profile_reason": str,
+    "notebook": str, "order": int,
+}  # fmt: skip
+
+
+def run_config(run: str, profile: str = "auto", **overrides) -> RunConfig:
+    """The config of a registry run in a profile; `overrides` (None meaning "the registry's value")
+    come from a notebook's parameters cell. Unknown names and wrong types fail here, by name."""
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(fields))}")
+    chosen, reason = resolve_profile(profile)
+    values = registry.run_parameters(run, chosen)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(run=run, profile=chosen, profile_reason=reason)
+    for name, value in values.items():
+        if name not in fields:
+            raise TypeError(f"registry key {name!r} of run {run!r} is not a config field; accepted: {', '.join(sorted(fields))}")
+        _check_type(name, value, _TYPES[name])
+    values["lr"] = float(values["lr"])
+    values["data_dir"] = str(resolve(values.get("data_dir", DEFAULT_DATA_DIR)))
+    values["runs_dir"] = str(resolve(values.get("runs_dir", RUNS_DIR)))
+    config = RunConfig(**values)
+    _validate(config)
+    return config
+
+
+def _validate(config: RunConfig) -> None:
+    for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS)):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"parameter {name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
+    for name in ("epochs", "batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"parameter {name}={getattr(config, name)} must be at least 1")
+    if config.subset < 0:
+        raise ValueError(f"parameter subset={config.subset} must be 0 (all tiles) or a positive count")
+    if not 0 < config.valid_fraction < 1:
+        raise ValueError(f"parameter valid_fraction={config.valid_fraction} must lie strictly between 0 and 1")
+    if config.lr <= 0:
+        raise ValueError(f"parameter lr={config.lr} must be positive")

@@ -1,0 +1,121 @@
+"""Test predictions from a run's best checkpoint, their scores, and the original's submission file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lib.config import RunConfig
+from lib.data import decode_tiles, read_course_layout
+from lib.models import build_model
+from lib.paths import resolve
+from lib.train import load_checkpoint, predicted_labels, resolve_device, save_atomically
+
+SUBMISSION_HEADER = "# Id,Values"
+
+
+@dataclass
+class TilePredictions:
+    ids: list[int]
+    predictions: np.ndarray  # 0/1 per test tile, in id order
+    scores: np.ndarray  # probability of class 1 (softmax over the two label outputs)
+    labels: np.ndarray | None  # known test labels, when the data set has them
+    checkpoint: str
+    best_epoch: int
+
+
+@torch.inference_mode()
+def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64) -> TilePredictions:
+    """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only)."""
+    run_dir = resolve(run_dir)
+    checkpoint_file = run_dir / "best.pt"
+    if not checkpoint_file.is_file():
+        raise FileNotFoundError(f"{checkpoint_file} does not exist; train the run first (its notebook or `make run-all`)")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    saved = json.loads((run_dir / "config.json").read_text())
+    # The checkpoint holds every weight, so no ImageNet file is looked for here.
+    config = RunConfig(**{k: v for k, v in saved.items() if k in fields} | {"weights": "none"})
+    model, _ = build_model(config)
+    checkpoint = load_checkpoint(checkpoint_file)
+    model.load_state_dict(checkpoint["model"])
+    torch_device = resolve_device(device)
+    model.to(torch_device).eval()
+
+    index = read_course_layout(resolve(data_dir))
+    if not index.test_paths:
+        raise FileNotFoundError(f"{index.data_dir / 'test'} holds no test tiles named <id>.jpg")
+    tiles = decode_tiles(index.test_paths, "decoding test tiles")
+    predictions, scores = [], []
+    for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", unit="batch", file=sys.stderr):
+        batch = tiles[start : start + batch_size].to(torch_device).float().div_(255)
+        logits = model(batch).float()
+        predictions.append(predicted_labels(logits).cpu())
+        scores.append(torch.softmax(logits[:, :2], dim=1)[:, 1].cpu())
+    return TilePredictions(
+        ids=index.test_ids,
+        predictions=torch.cat(predictions).numpy(),
+        scores=torch.cat(scores).numpy(),
+        labels=index.test_labels,
+        checkpoint=str(checkpoint_file),
+        best_epoch=int(checkpoint["epoch"]),
+    )
+
+
+def write_submission(path: str | Path, ids: list[int], predictions) -> Path:
+    """The original's submission: a `# Id,Values` header, then `id,label` rows in id order."""
+    path = resolve(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [SUBMISSION_HEADER] + [f"{i},{int(p)}" for i, p in zip(ids, predictions)]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def first_five_line(predictions) -> str:
+    """The line the original printed after predicting."""
+    return f"Example prediction, 5 items from front : {[int(p) for p in predictions[:5]]}"
+
+
+def score_test_predictions(result: TilePredictions) -> dict | None:
+    """Accuracy, ROC-AUC and the confusion matrix, when the test labels are known."""
+    if result.labels is None:
+        return None
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    labels = result.labels
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "n_test": int(len(labels)),
+        "accuracy": float((result.predictions == labels).mean()),
+        "roc_auc": float(roc_auc_score(labels, result.scores)) if both_classes else None,
+        "confusion_matrix": confusion_matrix(labels, result.predictions, labels=[0, 1]).tolist(),
+    }
+
+
+def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path) -> Path:
+    """evaluation.json (what the report reads) and test_predictions.csv beside the submission."""
+    out_dir = resolve(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = ["id,prediction,score_class1" + (",label" if result.labels is not None else "")]
+    for k, i in enumerate(result.ids):
+        row = f"{i},{int(result.predictions[k])},{result.scores[k]:.6f}"
+        rows.append(row + (f",{int(result.labels[k])}" if result.labels is not None else ""))
+    (out_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+    record = {
+        "run": run,
+        "checkpoint": result.checkpoint,
+        "best_epoch": result.best_epoch,
+        "n_test": len(result.ids),
+        "first_five": first_five_line(result.predictions),
+        "metrics": metrics,
+    }
+    save_atomically(record, out_dir / "evaluation.json")
+    return out_dir / "evaluation.json"

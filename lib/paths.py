@@ -1,0 +1,19 @@
+"""Where things live. Relative paths in parameters are read from the project root, whatever the cwd."""
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REGISTRY_FILE = PROJECT_ROOT / "registry.toml"
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "synthetic"
+RUNS_DIR = PROJECT_ROOT / "runs"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+EXECUTED_DIR = REPORTS_DIR / "executed"
+KERNEL_NAME = "histo-workbook"  # registered by the Makefile; every notebook runs in it
+
+
+def resolve(path: str | Path) -> Path:
+    """An absolute path: relative ones are taken from the project root, so a notebook run from
+    notebooks/ (JupyterLab) and one run by papermill from the root mean the same folder."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path

@@ -1,0 +1,159 @@
+"""`make run-all` and `make report`: execute the notebooks headless with papermill.
+
+A notebook whose inputs (itself, lib/, the registry, its parameters, the data set) are unchanged
+since its last successful execution is skipped. A failing notebook stops the pipeline with a
+non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the runs that
+finished before it keep their results.
+
+    python -m lib.pipeline run-all [--profile auto] [--data DIR] [--device auto]
+    python -m lib.pipeline report
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from lib import registry
+from lib.paths import DEFAULT_DATA_DIR, EXECUTED_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
+
+EVALUATION_NOTEBOOK = "05_evaluation.ipynb"
+REPORT_NOTEBOOK = "06_report.ipynb"
+STAMPS_DIR = EXECUTED_DIR / ".stamps"
+
+
+def _hash_files(paths) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """Cheap identity of a data set: its generator spec, or its label files and file counts."""
+    digest = hashlib.sha256(str(data_dir).encode())
+    for name in ("DATASET.json", "train_label.csv", "test_label.csv"):
+        path = data_dir / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    for folder in ("train", "test"):
+        if (data_dir / folder).is_dir():
+            entries = sorted((p.name, p.stat().st_size) for p in (data_dir / folder).iterdir())
+            digest.update(json.dumps(entries).encode())
+    return digest.hexdigest()
+
+
+def fingerprint(notebook: str, parameters: dict, data_dir: Path, resolved_profile: str, upstream: list[str] = ()) -> str:
+    code = _hash_files([NOTEBOOKS_DIR / notebook, registry.REGISTRY_FILE, *Path(PROJECT_ROOT / "lib").glob("*.py")])
+    record = {"code": code, "parameters": parameters, "profile": resolved_profile, "data": data_fingerprint(data_dir), "upstream": list(upstream)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def execute(notebook: str, output_name: str, parameters: dict) -> None:
+    """Run one notebook with papermill into reports/executed/; raise with a clear message on failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+    output = EXECUTED_DIR / output_name
+    print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters,
+            kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), log_output=True, progress_bar=False,
+        )  # fmt: skip
+    except PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"notebooks/{notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+            f"The executed notebook, with the error shown, is {output}"
+        ) from None
+    print(f"=== {notebook} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def _run_if_changed(notebook: str, output_name: str, parameters: dict, stamp: str) -> bool:
+    """Execute unless the last successful execution had the same fingerprint. True if it ran."""
+    stamp_file = STAMPS_DIR / (output_name + ".stamp")
+    if stamp_file.is_file() and stamp_file.read_text() == stamp and (EXECUTED_DIR / output_name).is_file():
+        print(f"=== {output_name}: unchanged since its last successful execution, skipped", flush=True)
+        return False
+    stamp_file.unlink(missing_ok=True)
+    execute(notebook, output_name, parameters)
+    STAMPS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp_file.write_text(stamp)
+    return True
+
+
+def ensure_data(data_dir: Path) -> None:
+    """Generate the embedded default set when it is the one asked for; never touch user data."""
+    if data_dir == DEFAULT_DATA_DIR:
+        from lib.synthetic import generate
+
+        start = time.perf_counter()
+        generate(data_dir)
+        print(f"=== data: generated default set ready at {data_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
+    elif not data_dir.is_dir():
+        raise FileNotFoundError(f"DATA={data_dir} does not exist")
+
+
+def run_all(profile: str, data_dir: Path, device: str) -> None:
+    from lib.config import resolve_profile
+
+    resolved, reason = resolve_profile(profile)
+    print(f"=== {reason}", flush=True)
+    ensure_data(data_dir)
+    parameters = {"data_dir": str(data_dir), "profile": profile, "device": device, "runs_dir": str(RUNS_DIR)}
+    stamps = []
+    for run in registry.run_names():
+        notebook = registry.run_entry(run)["notebook"]
+        stamp = fingerprint(notebook, parameters, data_dir, resolved)
+        _run_if_changed(notebook, notebook, parameters, stamp)
+        stamps.append(stamp)
+    evaluation_parameters = parameters | {"reports_dir": str(REPORTS_DIR)}
+    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data_dir, resolved, upstream=stamps)
+    _run_if_changed(EVALUATION_NOTEBOOK, EVALUATION_NOTEBOOK, evaluation_parameters, stamp)
+
+
+def report() -> Path:
+    from lib.report import render_html
+
+    execute(REPORT_NOTEBOOK, REPORT_NOTEBOOK, {"runs_dir": str(RUNS_DIR), "reports_dir": str(REPORTS_DIR)})
+    html = render_html(EXECUTED_DIR / REPORT_NOTEBOOK, REPORTS_DIR / "report.html")
+    print(f"=== report written: {html}", flush=True)
+    return html
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["run-all", "report"])
+    parser.add_argument("--profile", default="auto", help="auto (full with CUDA, else quick), full or quick")
+    parser.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="data directory (default: the generated set)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("papermill").setLevel(logging.INFO)
+    started = time.perf_counter()
+    try:
+        if args.command == "run-all":
+            run_all(args.profile, resolve(args.data), args.device)
+        else:
+            report()
+    except (NotebookFailed, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"\nERROR: {error}", file=sys.stderr, flush=True)
+        return 1
+    print(f"=== {args.command} finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The report's numbers: every run's saved results beside the original's reported figures.
+
+Nothing here is typed in: measured figures come from runs/<run>/result.json and
+reports/evaluation.json, reported ones from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from lib import registry
+from lib.paths import resolve
+from lib.train import RunResult, load_result
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.2f} %" if registry.is_reported(value) and value is not None else "not reported"
+
+
+def _duration(seconds) -> str:
+    if not registry.is_reported(seconds) or seconds is None:
+        return "not reported"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def load_all(runs_dir) -> dict[str, RunResult]:
+    """Every registry run's saved results; a clear error names the runs that have none."""
+    runs_dir = resolve(runs_dir)
+    missing = [run for run in registry.run_names() if not (runs_dir / run / "result.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no results in {runs_dir} for: {', '.join(missing)}; run `make run-all` first")
+    return {run: load_result(run, runs_dir) for run in registry.run_names()}
+
+
+def load_evaluation(reports_dir) -> dict:
+    path = resolve(reports_dir) / "evaluation.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; execute notebooks/05_evaluation.ipynb (or `make run-all`) first")
+    return json.loads(path.read_text())
+
+
+def comparison_table(results: dict[str, RunResult]) -> pd.DataFrame:
+    """Reported by the original versus measured here, one row per run."""
+    rows = []
+    for run, result in results.items():
+        reported = registry.reported(run)
+        full_epochs = registry.run_parameters(run, "full")["epochs"]
+        s = result.summary
+        rows.append({
+            "run": run,
+            "epochs (original)": full_epochs,
+            "epochs (here)": s["epochs"],
+            "final valid acc (original)": _percent(reported["final_valid_accuracy"]),
+            "final valid acc (here)": _percent(s["final_valid_accuracy"]),
+            "best valid acc (original)": _percent(reported["best_valid_accuracy"]),
+            "best valid acc (here)": _percent(s["best_valid_accuracy"]),
+            "time (original)": _duration(reported["elapsed_s"]),
+            "time (here)": _duration(s["elapsed_s"]),
+            "train images/s (here)": f"{s['train_images_per_s']:.1f}",
+        })  # fmt: skip
+    return pd.DataFrame(rows).set_index("run")
+
+
+def headline(results: dict[str, RunResult], evaluation: dict) -> str:
+    """The summary a reader sees first, as Markdown."""
+    final = results[registry.final_run()].summary
+    profiles = sorted({r.summary["profile"] for r in results.values()})
+    lines = [
+        f"**Data set:** {final['data_origin']}, {final['n_labelled']} labelled tiles "
+        f"({final['n_train']} training / {final['n_valid']} validation used by the final run).",
+        f"**Profile:** {', '.join(profiles)} ({final['profile_reason']}).",
+        f"**Device:** {final['environment']['device']} ({final['environment']['gpu'] if final['environment']['gpu'] != 'none' else final['environment']['cpu']}).",
+        "",
+        "| run | final valid acc | best valid acc | epochs | time |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for run, result in results.items():
+        s = result.summary
+        lines.append(f"| {run} | {_percent(s['final_valid_accuracy'])} | {_percent(s['best_valid_accuracy'])} | {s['epochs']} | {_duration(s['elapsed_s'])} |")
+    metrics = evaluation.get("metrics")
+    lines.append("")
+    if metrics:
+        auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
+        lines.append(f"**Test set** ({metrics['n_test']} tiles, {evaluation['run']}'s best checkpoint): accuracy "
+                     f"{_percent(metrics['accuracy'])}, ROC-AUC {auc}.")  # fmt: skip
+    else:
+        lines.append(f"**Test set** ({evaluation['n_test']} tiles): no test labels, so predictions only (the submission file).")
+    return "\n".join(lines)
+
+
+def deviations(results: dict[str, RunResult]) -> str:
+    """What differs from the original, as Markdown, read from what the runs actually did."""
+    final = results[registry.final_run()].summary
+    items = []
+    scratch = [run for run, r in results.items() if r.config["model"] == "resnet50" and not r.summary["weights"]["pretrained"]]
+    if scratch:
+        items.append(f"- **No ImageNet weights:** {', '.join(scratch)} trained ResNet50 from scratch "
+                     f"({results[scratch[0]].summary['weights']['source']}); the original fine-tuned ImageNet weights.")  # fmt: skip
+    if "generated" in final["data_origin"]:
+        items.append("- **Data:** the course data is not public; these runs use the generated H&E-like tile set "
+                     "(lib/synthetic.py), in the course layout and sizes. Its figures are not comparable one to one with the original's.")  # fmt: skip
+    else:
+        items.append(f"- **Data:** {final['data_origin']}.")
+    short = [run for run, r in results.items() if r.summary["epochs"] != registry.run_parameters(run, "full")["epochs"] or r.config["subset"]]
+    if short:
+        items.append(f"- **Profile `{final['profile']}`:** {', '.join(short)} ran with fewer epochs and/or a subset of the tiles "
+                     "(the registry's quick values) so that everything runs on a CPU; their accuracies are not the original's experiment.")  # fmt: skip
+    items.append("- **Baseline optimizer:** the original does not state it; the workbook uses Adam (lr 1e-3) as in the later runs.")
+    items.append("- **Predictions:** with the kept 1000-way head, accuracy and predictions take the arg-max over the two "
+                 "label outputs; the original took it over all 1000, which can name a class that is neither 0 nor 1.")  # fmt: skip
+    return "\n".join(items)
+
+
+def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
+    final = results[registry.final_run()].summary
+    record = dict(final["environment"])
+    record["data set"] = f"{final['data_origin']} ({final['data_dir']})"
+    record["split"] = final["split"]
+    record["profile"] = final["profile"]
+    record["pretrained weights"] = ", ".join(
+        f"{run}: {'yes' if r.summary['weights']['pretrained'] else 'no'}" for run, r in results.items() if r.config["model"] == "resnet50"
+    )
+    return pd.DataFrame({"value": record})

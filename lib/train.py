@@ -1,0 +1,232 @@
+"""The training loop: `train_one_epoch`, `evaluate`, and `fit`, which writes a run's folder.
+
+runs/<run>/ holds: config.json, history.json (one row per epoch, written as each ends),
+initial.pt (weights before training, for the filter figures), best.pt (the best validation state,
+model and optimizer, as the original kept), last.pt (everything needed to continue), result.json
+(the summary the report reads) and tensorboard/ (the original's scalar tags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lib.config import RunConfig
+from lib.data import TileDataset, decode_tiles, make_loader, original_augmentation, read_course_layout, seeded_split
+from lib.environment import environment_record
+from lib.models import build_model
+from lib.paths import resolve
+
+
+def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Class 0 or 1: the arg-max over the two label outputs. With the original's kept 1000-way head
+    the other 998 outputs are never a valid answer, so they are not allowed to win."""
+    return logits[:, :2].argmax(dim=1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for, but PyTorch sees no CUDA device here; use 'auto' or 'cpu'")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_atomically(obj, path: Path) -> None:
+    """Write to a temporary file, then rename: an interruption leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(obj, (dict, list)) and path.suffix == ".json":
+        tmp.write_text(json.dumps(obj, indent=2))
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_one_epoch(model, loader, optimizer, device, desc: str = "train") -> dict:
+    """One pass over the training loader. Returns the original's metrics: the loss summed over
+    batches, and the mean of batch accuracies."""
+    model.train()
+    loss_sum, accuracy_sum, images = 0.0, 0.0, 0
+    start = time.perf_counter()
+    for tiles, labels in tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr):
+        tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = model(tiles)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # .item() is a device sync point; once a batch is cheap next to a ResNet50 step.
+        loss_sum += loss.item()
+        accuracy_sum += (predicted_labels(logits) == labels).float().mean().item()
+        images += len(labels)
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum, "accuracy": accuracy_sum / len(loader), "images": images, "seconds": seconds}
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, desc: str = "valid") -> dict:
+    """Loss summed over batches and the mean batch accuracy, without augmentation or gradients."""
+    model.eval()
+    loss_sum, accuracy_sum = 0.0, 0.0
+    for tiles, labels in tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr):
+        tiles, labels = tiles.to(device), labels.to(device)
+        logits = model(tiles)
+        loss_sum += F.cross_entropy(logits, labels).item()
+        accuracy_sum += (predicted_labels(logits) == labels).float().mean().item()
+    return {"loss": loss_sum, "accuracy": accuracy_sum / len(loader)}
+
+
+def log_line(epoch: int, epochs: int, row: dict) -> str:
+    """The original's per-epoch line, character for character."""
+    return (
+        f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')} || [{epoch}/{epochs}], "
+        f"train_loss = {row['train_loss']:.4f}, train_accuracy = {row['train_accuracy']:.2f}, "
+        f"valid_loss = {row['valid_loss']:.4f}, valid_accuracy = {row['valid_accuracy']:.2f}"
+    )
+
+
+@dataclass
+class RunResult:
+    config: dict
+    history: list[dict]
+    summary: dict
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["runs_dir"]) / self.config["run"]
+
+
+def fit(config: RunConfig) -> RunResult:
+    """Train one run end to end and write its folder under runs_dir."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    print(config.profile_reason)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json())
+
+    # Data: read the layout, split, decode only the tiles this run uses.
+    index = read_course_layout(config.data_dir)
+    split = seeded_split(len(index.train_labels), config.valid_fraction, config.seed, config.subset)
+    labels = torch.from_numpy(index.train_labels)
+    train_tiles = decode_tiles([index.train_paths[i] for i in split.train], "decoding training tiles")
+    valid_tiles = decode_tiles([index.train_paths[i] for i in split.valid], "decoding validation tiles")
+    augment = original_augmentation(config.crop_size) if config.augment else None
+    train_set = TileDataset(train_tiles, labels[split.train], augment)
+    valid_set = TileDataset(valid_tiles, labels[split.valid])
+    train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed, what="training")
+    valid_loader = make_loader(valid_set, config.batch_size, shuffle=False, seed=config.seed, what="validation")
+    print(f"data: {index.origin}; {len(train_set)} training and {len(valid_set)} validation tiles "
+          f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(index.train_labels)} labelled); device: {device}")
+
+    model, weights = build_model(config)
+    if weights.notice:
+        print(weights.notice)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min") if config.scheduler == "plateau" else None
+    save_atomically({"model": model.state_dict()}, run_dir / "initial.pt")
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"))
+    history: list[dict] = []
+    best_accuracy = -1.0
+    start = time.perf_counter()
+    epochs_bar = tqdm(range(config.epochs), desc=config.run, unit="epoch", file=sys.stderr)
+    for epoch in epochs_bar:
+        trained = train_one_epoch(model, train_loader, optimizer, device, desc=f"epoch {epoch} train")
+        validated = evaluate(model, valid_loader, device, desc=f"epoch {epoch} valid")
+        if scheduler is not None:
+            scheduler.step(validated["loss"])  # on the summed validation loss, as the original
+        row = {
+            "epoch": epoch,
+            "train_loss": trained["loss"],
+            "train_accuracy": trained["accuracy"],
+            "valid_loss": validated["loss"],
+            "valid_accuracy": validated["accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_images_per_s": trained["images"] / trained["seconds"],
+            "elapsed_s": time.perf_counter() - start,
+        }
+        history.append(row)
+        epochs_bar.write(log_line(epoch, config.epochs, row))
+        for tag in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
+            writer.add_scalar(tag, row[tag], epoch)
+        writer.flush()
+        if row["valid_accuracy"] > best_accuracy:
+            best_accuracy = row["valid_accuracy"]
+            save_atomically(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "valid_accuracy": best_accuracy},
+                run_dir / "best.pt",
+            )
+        save_atomically(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch},
+            run_dir / "last.pt",
+        )  # fmt: skip
+        save_atomically(history, run_dir / "history.json")
+    writer.close()
+    elapsed = time.perf_counter() - start
+    print(f"End of training, elapsed time : {int(elapsed // 60)} min {int(elapsed % 60)} sec.")
+
+    best_row = max(history, key=lambda r: r["valid_accuracy"])
+    summary = {
+        "run": config.run,
+        "title": config.title,
+        "profile": config.profile,
+        "profile_reason": config.profile_reason,
+        "epochs": config.epochs,
+        "final_valid_accuracy": history[-1]["valid_accuracy"],
+        "best_valid_accuracy": best_row["valid_accuracy"],
+        "best_epoch": best_row["epoch"],
+        "final_valid_loss": history[-1]["valid_loss"],
+        "elapsed_s": elapsed,
+        "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
+        "n_train": len(train_set),
+        "n_valid": len(valid_set),
+        "n_labelled": len(index.train_labels),
+        "split": f"seeded random permutation (seed {config.seed}), floor({1 - config.valid_fraction:g}*n) train",
+        "data_dir": str(index.data_dir),
+        "data_origin": index.origin,
+        "weights": asdict(weights),
+        "environment": environment_record(str(device)),
+    }
+    save_atomically(summary, run_dir / "result.json")
+    return RunResult(config=json.loads(config.to_json()), history=history, summary=summary)
+
+
+def load_result(run: str, runs_dir: str | Path) -> RunResult:
+    """A finished run's saved results, with a clear error when it has not run."""
+    run_dir = resolve(runs_dir) / run
+    result_file = run_dir / "result.json"
+    if not result_file.is_file():
+        raise FileNotFoundError(f"run {run!r} has no results at {result_file}; execute its notebook (or `make run-all`) first")
+    return RunResult(
+        config=json.loads((run_dir / "config.json").read_text()),
+        history=json.loads((run_dir / "history.json").read_text()),
+        summary=json.loads(result_file.read_text()),
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Our checkpoints are plain dicts of tensors and numbers, so the safe loader takes them."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,62 @@
+"""Both networks' shapes and ResNet50's weights policy."""
+
+import pytest
+import torch
+import torchvision
+
+from lib.models import BaselineCNN, build_resnet50
+
+
+def test_baseline_takes_256_tiles_and_gives_two_outputs():
+    model = BaselineCNN()
+    assert model(torch.zeros(2, 3, 256, 256)).shape == (2, 2)
+    assert [m.out_channels for m in (model.conv1, model.conv2, model.conv3)] == [16, 16, 3]
+    assert model.linear1.in_features == 3 * 64 * 64
+
+
+def test_baseline_rejects_other_sizes_clearly():
+    with pytest.raises(ValueError, match="256x256 tiles only.*got 3x200x200"):
+        BaselineCNN()(torch.zeros(1, 3, 200, 200))
+
+
+def test_resnet50_heads():
+    kept, outcome = build_resnet50("imagenet1000", "none")
+    binary, _ = build_resnet50("binary", "none")
+    x = torch.zeros(1, 3, 64, 64)
+    kept.eval(), binary.eval()
+    assert kept(x).shape == (1, 1000) and binary(x).shape == (1, 2)
+    assert not outcome.pretrained
+
+
+def test_missing_imagenet_weights_fall_back_with_a_notice(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-cache"))
+    model, outcome = build_resnet50("imagenet1000", "imagenet")
+    assert not outcome.pretrained and "NOTICE" in outcome.notice and "from scratch" in outcome.notice
+
+
+def test_weights_file_is_loaded_safely_and_checked(tmp_path):
+    reference = torchvision.models.resnet50()
+    good = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), good)
+    model, outcome = build_resnet50("imagenet1000", "imagenet", str(good))
+    assert outcome.pretrained and outcome.source == str(good)
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), wrong)
+    with pytest.raises(ValueError, match="resnet18.pth is not a ResNet50 state dict"):
+        build_resnet50("imagenet1000", "imagenet", str(wrong))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_resnet50("imagenet1000", "imagenet", str(tmp_path / "missing.pth"))
+
+
+def test_cache_file_is_found_where_torchvision_keeps_it(monkeypatch, tmp_path):
+    from lib.models import imagenet_cache_file
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    path = imagenet_cache_file()
+    assert path.parent == tmp_path / "checkpoints" and path.name.startswith("resnet50-")
+    path.parent.mkdir()
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    _, outcome = build_resnet50("binary", "imagenet")
+    assert outcome.pretrained and outcome.notice == ""

@@ -1,0 +1,67 @@
+"""The training loop: it learns, it logs like the original, and its checkpoints load safely."""
+
+import json
+import re
+
+import torch
+import torch.nn.functional as F
+
+from lib.config import run_config
+from lib.data import decode_tiles, read_course_layout
+from lib.models import BaselineCNN
+from lib.train import fit, load_result, log_line, predicted_labels
+
+
+def test_a_few_steps_lower_the_loss(tiny_data):
+    torch.manual_seed(0)
+    index = read_course_layout(tiny_data)
+    tiles = decode_tiles(index.train_paths[:16]).float() / 255
+    labels = torch.from_numpy(index.train_labels[:16])
+    model = BaselineCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        loss = F.cross_entropy(model(tiles), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_log_line_is_the_originals():
+    row = {"train_loss": 34.92791, "train_accuracy": 0.7712, "valid_loss": 2.56011, "valid_accuracy": 0.7099}
+    line = log_line(0, 10, row)
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \|\| \[0/10\], train_loss = 34\.9279, train_accuracy = 0\.77, "
+        r"valid_loss = 2\.5601, valid_accuracy = 0\.71",
+        line,
+    ), line
+
+
+def test_predictions_come_from_the_label_outputs_only():
+    logits = torch.tensor([[0.1, 0.9, 5.0], [2.0, -1.0, 9.0]])
+    assert predicted_labels(logits).tolist() == [1, 0]
+
+
+def test_fit_writes_a_run_that_loads_with_weights_only(tiny_data, tmp_path, capsys):
+    config = run_config("baseline", profile="quick", data_dir=str(tiny_data), runs_dir=str(tmp_path),
+                        epochs=2, batch_size=8, subset=0, device="cpu")  # fmt: skip
+    result = fit(config)
+    out = capsys.readouterr().out
+    assert "End of training, elapsed time : 0 min" in out
+    run_dir = tmp_path / "baseline"
+    assert {"config.json", "history.json", "result.json", "initial.pt", "best.pt", "last.pt", "tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert result.summary["n_train"] == 86 and result.summary["n_valid"] == 10
+    assert result.summary["best_valid_accuracy"] == max(r["valid_accuracy"] for r in history)
+
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert set(best) >= {"model", "optimizer", "epoch"} and last["epoch"] == 1
+    model = BaselineCNN()
+    model.load_state_dict(last["model"])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), last["model"].values()))
+    assert load_result("baseline", tmp_path).summary == result.summary
+    assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tensorboard").iterdir())
