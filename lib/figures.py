@@ -45,15 +45,16 @@ def _filter_grid(weight: torch.Tensor, max_out: int, max_in: int) -> np.ndarray:
     return grid
 
 
-def plot_filters(layers: list[tuple[str, torch.Tensor, torch.Tensor]], max_out: int = 16, max_in: int = 16, title: str = ""):
+def plot_filters(layers: list[tuple[str, torch.Tensor, torch.Tensor]], max_out: int = 8, max_in: int = 8, title: str = ""):
     """Each convolution layer's filters before and after training, as grey-scale grids (as the
-    original showed them). `layers`: (name, weight before, weight after)."""
-    fig, axes = plt.subplots(len(layers), 2, figsize=(8, 3.2 * len(layers)), squeeze=False)
+    original showed them): the first `max_out` output by `max_in` input channels of each layer.
+    `layers`: (name, weight before, weight after)."""
+    fig, axes = plt.subplots(len(layers), 2, figsize=(7, 2.6 * len(layers)), squeeze=False)
     cmap = plt.get_cmap("gray").copy()
     cmap.set_bad("white")
     for row, (name, before, after) in zip(axes, layers):
         shape = "x".join(map(str, before.shape))
-        for ax, weight, when in zip(row, (before, after), ("before training", "after training")):
+        for ax, weight, when in zip(row, (before, after), ("before", "after")):
             ax.imshow(_filter_grid(weight, max_out, max_in), cmap=cmap, interpolation="nearest")
             ax.set_title(f"{name} [{shape}] {when}", fontsize=9)
             ax.axis("off")

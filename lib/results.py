@@ -42,6 +42,14 @@ def load_evaluation(reports_dir) -> dict:
     return json.loads(path.read_text())
 
 
+def load_test_scores(reports_dir) -> tuple[list[int], list[float]] | None:
+    """Known test labels and class-1 scores from test_predictions.csv, or None without labels."""
+    table = pd.read_csv(resolve(reports_dir) / "test_predictions.csv")
+    if "label" not in table:
+        return None
+    return table["label"].tolist(), table["score_class1"].tolist()
+
+
 def comparison_table(results: dict[str, RunResult]) -> pd.DataFrame:
     """Reported by the original versus measured here, one row per run."""
     rows = []
