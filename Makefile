@@ -11,6 +11,7 @@ KERNEL := histo-workbook
 PROFILE ?= auto
 DATA ?= data/synthetic
 DEVICE ?= auto
+PORT ?= 8888
 PIPELINE := $(PY) -m lib.pipeline
 
 .PHONY: all run-all report lab tensorboard test clean distclean venv
@@ -34,7 +35,7 @@ report: run-all
 	$(PIPELINE) report
 
 lab: venv
-	$(PY) -m jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks --no-browser
+	$(PY) -m lib.lab --port $(PORT)
 
 tensorboard: venv
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1

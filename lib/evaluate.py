@@ -31,11 +31,10 @@ class TilePredictions:
     best_epoch: int
 
 
-@torch.inference_mode()
-def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64) -> TilePredictions:
-    """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only)."""
+def load_trained_model(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[torch.nn.Module, dict]:
+    """A run's network with the weights of one of its checkpoints, on the CPU, in eval mode."""
     run_dir = resolve(run_dir)
-    checkpoint_file = run_dir / "best.pt"
+    checkpoint_file = run_dir / checkpoint
     if not checkpoint_file.is_file():
         raise FileNotFoundError(f"{checkpoint_file} does not exist; train the run first (its notebook or `make run-all`)")
     fields = {f.name for f in dataclasses.fields(RunConfig)}
@@ -43,10 +42,17 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
     # The checkpoint holds every weight, so no ImageNet file is looked for here.
     config = RunConfig(**{k: v for k, v in saved.items() if k in fields} | {"weights": "none"})
     model, _ = build_model(config)
-    checkpoint = load_checkpoint(checkpoint_file)
-    model.load_state_dict(checkpoint["model"])
+    state = load_checkpoint(checkpoint_file)
+    model.load_state_dict(state["model"])
+    return model.eval(), state | {"path": str(checkpoint_file)}
+
+
+@torch.inference_mode()
+def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64) -> TilePredictions:
+    """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only)."""
+    model, checkpoint = load_trained_model(run_dir)
     torch_device = resolve_device(device)
-    model.to(torch_device).eval()
+    model.to(torch_device)
 
     index = read_course_layout(resolve(data_dir))
     if not index.test_paths:
@@ -63,7 +69,7 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
         predictions=torch.cat(predictions).numpy(),
         scores=torch.cat(scores).numpy(),
         labels=index.test_labels,
-        checkpoint=str(checkpoint_file),
+        checkpoint=checkpoint["path"],
         best_epoch=int(checkpoint["epoch"]),
     )
 
@@ -100,7 +106,7 @@ def score_test_predictions(result: TilePredictions) -> dict | None:
     }
 
 
-def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path) -> Path:
+def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path, data_dir: str | Path) -> Path:
     """evaluation.json (what the report reads) and test_predictions.csv beside the submission."""
     out_dir = resolve(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +117,7 @@ def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out
     (out_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
     record = {
         "run": run,
+        "data_dir": str(resolve(data_dir)),
         "checkpoint": result.checkpoint,
         "best_epoch": result.best_epoch,
         "n_test": len(result.ids),

@@ -93,15 +93,61 @@ def plot_roc(labels, scores, auc: float | None, title: str = "ROC curve (test ti
     return fig
 
 
-def plot_tiles(tiles: torch.Tensor, captions: list[str], columns: int = 8, title: str = ""):
-    """A grid of tiles (N, 3, H, W) uint8 with a caption under each."""
+def use_print_quality() -> None:
+    """Figures as PNG at twice the screen resolution (about 200 dpi): sharp on paper and in PDF."""
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    set_matplotlib_formats("retina")
+
+
+def plot_tiles(tiles: torch.Tensor, captions: list[str], wrong: list[bool] | None = None, columns: int = 8, title: str = ""):
+    """A grid of tiles (N, 3, H, W) uint8 with a caption over each; `wrong` ones framed in red."""
     rows = int(np.ceil(len(tiles) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.5 * columns, 1.75 * rows), squeeze=False)
+    wrong = wrong or [False] * len(tiles)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, tile, caption in zip(axes.flat, tiles, captions):
+    for ax, tile, caption, is_wrong in zip(axes.flat, tiles, captions, wrong):
         ax.imshow(tile.permute(1, 2, 0).numpy())
-        ax.set_title(caption, fontsize=8)
+        ax.set_title(caption, fontsize=7, color="red" if is_wrong else "black")
+        if is_wrong:
+            ax.axis("on")
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red"), spine.set_linewidth(2.5)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_feature_maps(tile: torch.Tensor, maps: dict[str, torch.Tensor], per_stage: int = 8, title: str = ""):
+    """One tile (3, H, W) float and its activations after each stage: the first `per_stage` channels."""
+    fig, axes = plt.subplots(len(maps), per_stage + 1, figsize=(1.4 * (per_stage + 1), 1.5 * len(maps)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0, 0].imshow(tile.permute(1, 2, 0).numpy())
+    axes[0, 0].set_title("input", fontsize=8)
+    for row, (stage, activation) in zip(axes, maps.items()):
+        row[1].set_title(stage, fontsize=8, loc="left")
+        for ax, channel in zip(row[1:], activation[:per_stage]):
+            ax.imshow(channel.numpy(), cmap="viridis")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grad_cam(tiles: torch.Tensor, cams: torch.Tensor, captions: list[str], wrong: list[bool], title: str = ""):
+    """Tiles (N, 3, H, W) uint8 with their Grad-CAM heat maps laid over them."""
+    fig, axes = plt.subplots(2, len(tiles), figsize=(1.6 * len(tiles), 3.5), squeeze=False)
+    for k, (tile, cam, caption, is_wrong) in enumerate(zip(tiles, cams, captions, wrong)):
+        image = tile.permute(1, 2, 0).numpy()
+        axes[0, k].imshow(image)
+        axes[0, k].set_title(caption, fontsize=7, color="red" if is_wrong else "black")
+        axes[1, k].imshow(image)
+        axes[1, k].imshow(cam.numpy(), cmap="jet", alpha=0.45)
+        axes[0, k].axis("off"), axes[1, k].axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -125,11 +125,14 @@ def run_all(profile: str, data_dir: Path, device: str) -> None:
 
 
 def report() -> Path:
-    from lib.report import render_html
+    from lib.report import render_html, render_pdf
 
     execute(REPORT_NOTEBOOK, REPORT_NOTEBOOK, {"runs_dir": str(RUNS_DIR), "reports_dir": str(REPORTS_DIR)})
     html = render_html(EXECUTED_DIR / REPORT_NOTEBOOK, REPORTS_DIR / "report.html")
     print(f"=== report written: {html}", flush=True)
+    pdf = render_pdf(EXECUTED_DIR / REPORT_NOTEBOOK, REPORTS_DIR / "report.pdf")
+    if pdf:
+        print(f"=== report written: {pdf}", flush=True)
     return html
 
 

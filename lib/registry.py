@@ -37,7 +37,7 @@ def run_parameters(name: str, profile: str) -> dict:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)} (or 'auto')")
     entry = run_entry(name)
     params = dict(load()["defaults"])
-    params.update({k: v for k, v in entry.items() if k not in ("reported", *PROFILES)})
+    params.update({k: v for k, v in entry.items() if k not in ("reported", "why", *PROFILES)})
     if profile != "full":
         params.update(entry.get(profile, {}))
     return params

@@ -51,25 +51,64 @@ def load_test_scores(reports_dir) -> tuple[list[int], list[float]] | None:
 
 
 def comparison_table(results: dict[str, RunResult]) -> pd.DataFrame:
-    """Reported by the original versus measured here, one row per run."""
+    """Reported by the original versus measured here, one row per run, each cell "original / here"."""
     rows = []
     for run, result in results.items():
         reported = registry.reported(run)
-        full_epochs = registry.run_parameters(run, "full")["epochs"]
         s = result.summary
         rows.append({
             "run": run,
-            "epochs (original)": full_epochs,
-            "epochs (here)": s["epochs"],
-            "final valid acc (original)": _percent(reported["final_valid_accuracy"]),
-            "final valid acc (here)": _percent(s["final_valid_accuracy"]),
-            "best valid acc (original)": _percent(reported["best_valid_accuracy"]),
-            "best valid acc (here)": _percent(s["best_valid_accuracy"]),
-            "time (original)": _duration(reported["elapsed_s"]),
-            "time (here)": _duration(s["elapsed_s"]),
-            "train images/s (here)": f"{s['train_images_per_s']:.1f}",
+            "epochs": f"{registry.run_parameters(run, 'full')['epochs']} / {s['epochs']}",
+            "final valid acc": f"{_percent(reported['final_valid_accuracy'])} / {_percent(s['final_valid_accuracy'])}",
+            "best valid acc": f"{_percent(reported['best_valid_accuracy'])} / {_percent(s['best_valid_accuracy'])}",
+            "training time": f"{_duration(reported['elapsed_s'])} / {_duration(s['elapsed_s'])}",
+            "images/s here": f"{s['train_images_per_s']:.1f}",
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("run")
+
+
+def run_figures(result: RunResult) -> str:
+    """One run's measured figures as a Markdown line."""
+    s = result.summary
+    return (f"Measured here: final valid acc {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
+            f"(epoch {s['best_epoch']}), {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
+            f"{s['train_images_per_s']:.1f} training images/s on {s['environment']['device']}.")  # fmt: skip
+
+
+def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame:
+    """Test tiles to show: with labels, wrongly classified ones first (up to half), then correct
+    ones; without labels, the first ones. Columns: id, prediction, label (or NaN), wrong."""
+    table = pd.read_csv(resolve(reports_dir) / "test_predictions.csv")
+    if "label" not in table:
+        chosen = table.head(count).assign(label=float("nan"), wrong=False)
+    else:
+        table["wrong"] = table["prediction"] != table["label"]
+        wrong = table[table["wrong"]].head(count // 2)
+        chosen = pd.concat([wrong, table[~table["wrong"]].head(count - len(wrong))])
+    return chosen.reset_index(drop=True)
+
+
+def decode_test_tiles(evaluation: dict, ids: list[int]):
+    """Decoded test tiles (N, 3, H, W) uint8 for the given ids, from the evaluated data set."""
+    from lib.data import decode_tiles, read_course_layout
+
+    index = read_course_layout(evaluation["data_dir"])
+    by_id = dict(zip(index.test_ids, index.test_paths))
+    return decode_tiles([by_id[i] for i in ids], "decoding test tiles")
+
+
+def tile_captions(chosen: pd.DataFrame) -> list[str]:
+    return [
+        f"#{r.id}: pred {r.prediction}" + ("" if pd.isna(r.label) else f", true {int(r.label)}")
+        for r in chosen.itertuples()
+    ]
+
+
+def submission_head(reports_dir, lines: int = 6) -> str:
+    path = resolve(reports_dir) / "submission.csv"
+    with open(path) as f:
+        head = [next(f, "") for _ in range(lines)]
+    return f"{path.name} ({sum(1 for _ in open(path)) - 1} rows), first lines:\n\n```\n{''.join(head)}```"
 
 
 def headline(results: dict[str, RunResult], evaluation: dict) -> str:

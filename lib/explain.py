@@ -1,0 +1,51 @@
+"""What a trained network looks at: feature maps of the baseline, Grad-CAM for ResNet50."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.models import BaselineCNN
+
+
+@torch.inference_mode()
+def baseline_feature_maps(model: BaselineCNN, tile: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The activations of one float tile (3, 256, 256) after each of the baseline's convolution
+    stages, as the forward pass computes them: {stage name: (channels, H, W)}."""
+    model.eval()
+    x = tile.unsqueeze(0)
+    maps = {}
+    x = F.max_pool2d(F.relu(model.conv1(x)), 2)
+    maps["conv1 + relu + pool"] = x[0]
+    x = F.max_pool2d(F.relu(model.conv2(x)), 2)
+    maps["conv2 + relu + pool"] = x[0]
+    maps["conv3 + relu"] = F.relu(model.conv3(x))[0]
+    return maps
+
+
+def grad_cam(model: nn.Module, tiles: torch.Tensor, target_layer: nn.Module, classes: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., 2017): for each float tile (N, 3, H, W), the target layer's
+    activations weighted by the mean gradient of the class's output, rectified and scaled to
+    [0, 1] at the tile's size. Returns (N, H, W)."""
+    model.eval()
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        captured["activations"] = output
+
+    handle = target_layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(tiles.requires_grad_(False))
+            model.zero_grad(set_to_none=True)
+            logits.gather(1, classes.view(-1, 1)).sum().backward()
+    finally:
+        handle.remove()
+    activations = captured["activations"]
+    weights = activations.grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activations).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=tiles.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)
+    return (cam / peak.view(-1, 1, 1)).detach()

@@ -1,0 +1,75 @@
+"""The rendered report as a reader gets it: the PDF, and the HTML in a real, offline browser."""
+
+import io
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib.report import CHROMIUM_ARGS, find_chromium, render_pdf
+
+SECTIONS = ("Summary", "The runs", "Reported by the original versus measured here", "What the networks learned",
+            "Evaluation on the test tiles", "Environment and provenance", "Deviations from the original")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path = find_chromium()
+    if path is None:
+        message = "no Chromium installed (apt-get install chromium, or set CHROMIUM)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: .ci/run installs it, so CI must have it")
+        pytest.skip(message)
+    return path
+
+
+def test_pdf_opens_with_every_section_and_figure(executed_workbook, chromium):
+    from pypdf import PdfReader
+
+    pdf = render_pdf(executed_workbook / "06_report.ipynb", executed_workbook / "reports" / "report.pdf", chromium)
+    reader = PdfReader(pdf)
+    text = " ".join(page.extract_text() for page in reader.pages)
+    text = re.sub(r"\s+", " ", text)
+    for section in SECTIONS:
+        assert section in text, section
+    html = (executed_workbook / "reports" / "report.html").read_text()
+    figures_in_html = len(re.findall(r'<img [^>]*src="data:image/png', html))
+    images_in_pdf = sum(len(page.images) for page in reader.pages)
+    assert figures_in_html >= 10 and images_in_pdf >= figures_in_html, (figures_in_html, images_in_pdf)
+    for page in reader.pages:  # A4, and nothing wider than the page
+        assert abs(float(page.mediabox.width) - 595) < 2
+
+
+def test_without_chromium_the_message_says_how_to_get_the_pdf(executed_workbook, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("lib.report.find_chromium", lambda: None)
+    assert render_pdf(executed_workbook / "06_report.ipynb", tmp_path / "report.pdf") is None
+    out = capsys.readouterr().out
+    assert "apt-get install chromium" in out and "playwright install chromium" in out
+    assert not (tmp_path / "report.pdf").exists()
+
+
+def test_html_renders_offline_in_a_real_browser(executed_workbook, chromium, tmp_path):
+    """From disk with the network cut: every image loads, nothing is requested from elsewhere,
+    and the page is not blank."""
+    from playwright.sync_api import sync_playwright
+
+    html = executed_workbook / "reports" / "report.html"
+    requested = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        page.on("request", lambda request: requested.append(request.url))
+        page.goto(html.as_uri(), wait_until="load")
+        images = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth])")
+        heading = page.inner_text("h1")
+        shot = page.screenshot(full_page=False)
+        browser.close()
+    assert len(images) >= 10 and all(done and width > 0 for done, width in images), images
+    leaving = [url for url in requested if not url.startswith(("file:", "data:"))]
+    assert leaving == [], leaving
+    assert "reproduction" in heading
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(pixels, axis=0)) > 1, "the page rendered blank"
