@@ -38,6 +38,7 @@ class RunConfig:
     runs_dir: str = str(RUNS_DIR)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     seed: int = 0
+    resume: bool = False  # continue from runs_dir/<run>/last.pt when it was written with this config
     profile: str = "full"  # the profile the registry values came from
     profile_reason: str = ""  # why that profile (for the run's record)
     notebook: str = ""
@@ -75,7 +76,7 @@ _TYPES = {
     "run": str, "title": str, "model": str, "epochs": int, "batch_size": int, "augment": bool,
     "scheduler": str, "lr": (float, int), "crop_size": int, "head": str, "weights": str,
     "weights_path": (str, type(None)), "subset": int, "valid_fraction": float, "data_dir": (str, Path),
-    "runs_dir": (str, Path), "device": str, "seed": int, "profile": str, "profile_reason": str,
+    "runs_dir": (str, Path), "device": str, "seed": int, "resume": bool, "profile": str, "profile_reason": str,
     "notebook": str, "order": int,
 }  # fmt: skip
 

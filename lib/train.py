@@ -60,16 +60,21 @@ def save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_one_epoch(model, loader, optimizer, device, desc: str = "train") -> dict:
+def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0) -> dict:
     """One pass over the training loader. Returns the original's metrics: the loss summed over
     batches, and the mean of batch accuracies."""
     model.train()
     loss_sum, accuracy_sum, images = 0.0, 0.0, 0
     start = time.perf_counter()
-    for tiles, labels in tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr):
+    for batch, (tiles, labels) in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr)):
         tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         logits = model(tiles)
         loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            # Stop before the optimizer step spreads it into the weights; last.pt still holds the
+            # last completed epoch.
+            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch}, batch {batch}; "
+                                     "training stopped, and the last good checkpoint (last.pt, once an epoch has completed) is kept")  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -92,6 +97,46 @@ def evaluate(model, loader, device, desc: str = "valid") -> dict:
         loss_sum += F.cross_entropy(logits, labels).item()
         accuracy_sum += (predicted_labels(logits) == labels).float().mean().item()
     return {"loss": loss_sum, "accuracy": accuracy_sum / len(loader)}
+
+
+def _random_state(train_loader) -> dict:
+    """Every random stream training draws from, as plain tensors and numbers (weights_only-safe)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "loader": train_loader.generator.get_state(),
+        "python": list(random.getstate()[1]),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_random_state(state: dict, train_loader) -> None:
+    torch.set_rng_state(state["torch"])
+    train_loader.generator.set_state(state["loader"])
+    random.setstate((3, tuple(state["python"]), None))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# Config fields that may differ between an interrupted run and its resumption.
+_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device"}
+
+
+def _resume_state(config: RunConfig, run_dir: Path) -> dict | None:
+    """last.pt when it can be continued: written with the same config and not yet complete."""
+    last, saved_config = run_dir / "last.pt", run_dir / "config.json"
+    if not last.is_file() or not saved_config.is_file():
+        print(f"resume: no completed epoch in {run_dir} yet; starting from the beginning")
+        return None
+    saved = json.loads(saved_config.read_text())
+    current = json.loads(config.to_json())
+    changed = sorted(k for k in current if k not in _RESUME_MAY_DIFFER and saved.get(k) != current[k])
+    if changed:
+        raise ValueError(f"resume: {last} was written with other parameters ({', '.join(changed)}); "
+                         "resume with the same ones, or start afresh with resume=False")  # fmt: skip
+    state = load_checkpoint(last)
+    if state["epoch"] + 1 >= config.epochs:
+        raise ValueError(f"resume: {run_dir.name} already completed all {config.epochs} epochs; nothing to resume")
+    return state
 
 
 def log_line(epoch: int, epochs: int, row: dict) -> str:
@@ -123,7 +168,6 @@ def fit(config: RunConfig) -> RunResult:
     seed_everything(config.seed)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json())
 
     # Data: read the layout, split, decode only the tiles this run uses.
     index = read_course_layout(config.data_dir)
@@ -145,15 +189,32 @@ def fit(config: RunConfig) -> RunResult:
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min") if config.scheduler == "plateau" else None
-    save_atomically({"model": model.state_dict()}, run_dir / "initial.pt")
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
     history: list[dict] = []
     best_accuracy = -1.0
-    start = time.perf_counter()
-    epochs_bar = tqdm(range(config.epochs), desc=config.run, unit="epoch", file=sys.stderr)
+    start_epoch = 0
+    resumed = _resume_state(config, run_dir) if config.resume else None
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resumed["scheduler"])
+        history = json.loads((run_dir / "history.json").read_text())[: resumed["epoch"] + 1]
+        best_accuracy = max(r["valid_accuracy"] for r in history)
+        start_epoch = resumed["epoch"] + 1
+        _restore_random_state(resumed["random"], train_loader)
+        print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {run_dir / 'last.pt'})")
+    else:
+        save_atomically({"model": model.state_dict()}, run_dir / "initial.pt")
+    (run_dir / "config.json").write_text(config.to_json())
+
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
+    earlier = history[-1]["elapsed_s"] if history else 0.0
+    start = time.perf_counter() - earlier
+    epochs_bar = tqdm(range(start_epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
+                      initial=start_epoch, total=config.epochs)  # fmt: skip
     for epoch in epochs_bar:
-        trained = train_one_epoch(model, train_loader, optimizer, device, desc=f"epoch {epoch} train")
+        trained = train_one_epoch(model, train_loader, optimizer, device, desc=f"epoch {epoch} train", epoch=epoch)
         validated = evaluate(model, valid_loader, device, desc=f"epoch {epoch} valid")
         if scheduler is not None:
             scheduler.step(validated["loss"])  # on the summed validation loss, as the original
@@ -178,9 +239,11 @@ def fit(config: RunConfig) -> RunResult:
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "valid_accuracy": best_accuracy},
                 run_dir / "best.pt",
             )
+        # Everything needed to continue after this epoch as if never stopped, random state included.
         save_atomically(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch},
+             "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
+             "random": _random_state(train_loader)},
             run_dir / "last.pt",
         )  # fmt: skip
         save_atomically(history, run_dir / "history.json")

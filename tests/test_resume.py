@@ -1,0 +1,63 @@
+"""Interrupted runs lose nothing: SIGKILL mid-epoch, resume, and end bit for bit where an
+uninterrupted run ends; a non-finite loss stops the run by name with the last checkpoint kept."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lib.config import run_config
+from lib.train import fit
+
+from conftest import PROJECT_ROOT
+
+TINY = {"profile": "quick", "epochs": 3, "batch_size": 8, "subset": 0, "device": "cpu", "seed": 5}
+
+
+def _train_in_subprocess(data_dir, runs_dir) -> subprocess.Popen:
+    code = (
+        "from lib.config import run_config; from lib.train import fit; "
+        f"fit(run_config('baseline', data_dir={str(data_dir)!r}, runs_dir={str(runs_dir)!r}, **{TINY!r}))"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_killed_mid_epoch_then_resumed_ends_bit_for_bit(tiny_data, tmp_path):
+    whole = fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path / "whole"), **TINY))
+
+    process = _train_in_subprocess(tiny_data, tmp_path / "killed")
+    history = tmp_path / "killed" / "baseline" / "history.json"
+    deadline = time.time() + 240
+    while not (history.exists() and len(json.loads(history.read_text())) == 1):
+        assert process.poll() is None and time.time() < deadline, "the training process ended before its first epoch"
+        time.sleep(0.05)
+    time.sleep(0.6)  # into the second epoch
+    assert process.poll() is None, "the run finished before it could be interrupted; make the test's epochs longer"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(json.loads(history.read_text())) == 1, "killed mid-epoch: only the first epoch is complete"
+
+    resumed = fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path / "killed"), resume=True, **TINY))
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
+    for key in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
+        assert [r[key] for r in resumed.history] == [r[key] for r in whole.history], key
+    a = torch.load(tmp_path / "whole" / "baseline" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "baseline" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+
+
+def test_resume_refuses_other_parameters(tiny_data, tmp_path):
+    fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), **(TINY | {"epochs": 1})))
+    with pytest.raises(ValueError, match="other parameters.*batch_size"):
+        fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), resume=True, **(TINY | {"batch_size": 4})))
+
+
+def test_non_finite_loss_stops_naming_epoch_and_batch(tiny_data, tmp_path):
+    config = run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), **(TINY | {"lr": 1e30}))
+    with pytest.raises(FloatingPointError, match=r"at epoch \d+, batch \d+.*last good checkpoint"):
+        fit(config)
