@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-GENERATOR_VERSION = 1  # bump when rendering changes, so stale generated sets are regenerated
+GENERATOR_VERSION = 2  # bump when rendering changes, so stale generated sets are regenerated
 SPEC_FILE = "DATASET.json"
 
 # Optical-density vectors of haematoxylin (nuclei, blue-purple) and eosin (cytoplasm, stroma, pink).
@@ -162,7 +162,7 @@ def render_tile(rng: np.random.Generator, label: int, spec: SyntheticSpec = Synt
             ly, lx = ccy + rng.normal(0, spread * 0.6, 2)
             lr = rng.uniform(4, 11)
             _stamp_ellipse(lumen, ly, lx, lr, lr * rng.uniform(0.5, 1), rng.uniform(0, np.pi), 1.0, edge=1.2)
-        n_nuclei = int(rng.uniform(30, 75) * atypia)
+        n_nuclei = int(rng.uniform(25, 60) * atypia)
         for _ in range(n_nuclei):
             py, px = ccy + rng.normal(0, spread, 2)
             radius = max(2.0, rng.normal(3.2 + 3.2 * atypia, 0.4 + 1.3 * atypia))
@@ -170,14 +170,21 @@ def render_tile(rng: np.random.Generator, label: int, spec: SyntheticSpec = Synt
             dark = rng.normal(0.9 + 0.5 * atypia, 0.08 + 0.15 * atypia)
             _stamp_ellipse(haem, py, px, radius * elong, radius / elong, rng.uniform(0, np.pi), dark)
 
+    # Empty space in both classes (tears, fat, cut vessels, mucus), of any amount: the white of
+    # gland lumens must not be what tells the classes apart.
+    for _ in range(int(rng.integers(0, 4))):
+        wy, wx = rng.uniform(0, size, 2)
+        wr = rng.uniform(8, 30)
+        _stamp_ellipse(lumen, wy, wx, wr, wr * rng.uniform(0.4, 1.0), rng.uniform(0, np.pi), 1.0, edge=1.5)
+
     # Lamina propria in both classes: lymphocytes (small, round, dark, uniform) at a density that
     # varies a lot between tiles, so nuclear stain area is not a giveaway of the class.
     # They are many and alike, so one precomputed disc is stamped at each place.
-    n_lymph = int(rng.uniform(40, 480) * (1.15 - 0.6 * atypia))
+    n_lymph = int(rng.uniform(40, 800) * (1.15 - 0.6 * atypia))
     half = LYMPHOCYTE_DISC.shape[0] // 2
     canvas = np.zeros((size + 2 * half, size + 2 * half), dtype=np.float32)
     width = LYMPHOCYTE_DISC.shape[0]
-    for y, x, dark in zip(*rng.integers(0, size, (2, n_lymph)), rng.normal(1.05, 0.08, n_lymph)):
+    for y, x, dark in zip(*rng.integers(0, size, (2, n_lymph)), rng.normal(1.2, 0.1, n_lymph)):
         window = canvas[y : y + width, x : x + width]
         np.maximum(window, LYMPHOCYTE_DISC * dark, out=window)
     np.maximum(haem, canvas[half:-half, half:-half], out=haem)
@@ -199,7 +206,7 @@ def render_tile(rng: np.random.Generator, label: int, spec: SyntheticSpec = Synt
     e_vec = EOSIN_OD + rng.normal(0, 0.05, 3)
     h_vec /= np.linalg.norm(h_vec)
     e_vec /= np.linalg.norm(e_vec)
-    h_scale = rng.uniform(0.55, 1.45)
+    h_scale = rng.uniform(0.45, 1.55)
     e_scale = rng.uniform(0.55, 1.45)
     h_vec = (h_vec * h_scale * rng.uniform(0.8, 1.2)).astype(np.float32)
     e_vec = (e_vec * e_scale * rng.uniform(0.8, 1.2)).astype(np.float32)
