@@ -113,11 +113,6 @@ def build_model(config) -> tuple[nn.Module, WeightsOutcome]:
     return build_resnet50(config.head, config.weights, config.weights_path)
 
 
-def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Named convolution layers, in order, for the filter figures."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
 # ResNet50 has 53 convolutions; these show the stem and one 3x3 layer per stage.
 RESNET50_SHOWN_LAYERS = ("conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2")
 

@@ -18,7 +18,6 @@ from lib.report import render_html  # noqa: E402
 from lib.synthetic import SyntheticSpec, generate  # noqa: E402
 
 TINY_SPEC = SyntheticSpec(n_train=96, n_test=24, seed=11)
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "lc25000-colon-2k"
 SEED_EPOCHS = PROJECT_ROOT.parent / "shared" / "seed" / "reported_epochs.csv"
 
 
