@@ -205,6 +205,10 @@ def fit(config: RunConfig) -> RunResult:
         _restore_random_state(resumed["random"], train_loader)
         print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {run_dir / 'last.pt'})")
     else:
+        # A fresh start must not leave an earlier run's state behind: resuming later would
+        # otherwise continue that run's last.pt under this run's config.
+        for stale in ("last.pt", "best.pt", "history.json", "result.json"):
+            (run_dir / stale).unlink(missing_ok=True)
         save_atomically({"model": model.state_dict()}, run_dir / "initial.pt")
     (run_dir / "config.json").write_text(config.to_json())
 

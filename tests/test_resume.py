@@ -61,3 +61,25 @@ def test_non_finite_loss_stops_naming_epoch_and_batch(tiny_data, tmp_path):
     config = run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), **(TINY | {"lr": 1e30}))
     with pytest.raises(FloatingPointError, match=r"at epoch \d+, batch \d+.*last good checkpoint"):
         fit(config)
+
+
+def test_a_fresh_start_clears_an_earlier_runs_state(tiny_data, tmp_path):
+    """Otherwise a fresh run interrupted in its first epoch would, on resume, continue the earlier
+    run's last.pt under the new parameters."""
+    fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), **(TINY | {"epochs": 1})))
+    run_dir = tmp_path / "baseline"
+    assert (run_dir / "last.pt").exists()
+    with pytest.raises(FloatingPointError):  # interrupted during its first epoch
+        fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), **(TINY | {"lr": 1e30})))
+    assert not any((run_dir / name).exists() for name in ("last.pt", "best.pt", "history.json", "result.json"))
+    assert "resume: no completed epoch" in _resume_message(tiny_data, tmp_path)
+
+
+def _resume_message(tiny_data, runs_dir) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(FloatingPointError):
+        fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(runs_dir), resume=True, **(TINY | {"lr": 1e30})))
+    return buffer.getvalue()
