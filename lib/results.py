@@ -106,9 +106,8 @@ def tile_captions(chosen: pd.DataFrame) -> list[str]:
 
 def submission_head(reports_dir, lines: int = 6) -> str:
     path = resolve(reports_dir) / "submission.csv"
-    with open(path) as f:
-        head = [next(f, "") for _ in range(lines)]
-    return f"{path.name} ({sum(1 for _ in open(path)) - 1} rows), first lines:\n\n```\n{''.join(head)}```"
+    rows = path.read_text().splitlines(keepends=True)
+    return f"{path.name} ({len(rows) - 1} rows), first lines:\n\n```\n{''.join(rows[:lines])}```"
 
 
 def headline(results: dict[str, RunResult], evaluation: dict) -> str:
