@@ -2,7 +2,8 @@
 # or older, registers the notebooks' kernel, and needs nothing installed by hand.
 #   make report            everything: data, the four runs, evaluation, reports/report.html
 #   make test              the tests
-# Variables: PROFILE=auto|full|quick, DATA=<data dir>, DEVICE=auto|cpu|cuda
+# Variables: PROFILE=auto|full|quick, DATA=<data dir or path,label CSV>, DEVICE=auto|cpu|cuda,
+#   SPLIT=auto|random|grouped, POSITIVE_CLASS=<class folder labelled 1>, SKIP_BAD_IMAGES=1
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,6 +13,9 @@ PROFILE ?= auto
 DATA ?= data/synthetic
 DEVICE ?= auto
 PORT ?= 8888
+SPLIT ?=
+POSITIVE_CLASS ?=
+SKIP_BAD_IMAGES ?=
 PIPELINE := $(PY) -m lib.pipeline
 
 .PHONY: all run-all report lab tensorboard test clean distclean venv
@@ -29,7 +33,9 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 run-all: venv
-	$(PIPELINE) run-all --profile $(PROFILE) --data "$(abspath $(DATA))" --device $(DEVICE)
+	$(PIPELINE) run-all --profile $(PROFILE) --data "$(abspath $(DATA))" --device $(DEVICE) \
+		$(if $(SPLIT),--split $(SPLIT)) $(if $(POSITIVE_CLASS),--positive-class "$(POSITIVE_CLASS)") \
+		$(if $(SKIP_BAD_IMAGES),--skip-bad-images)
 
 report: run-all
 	$(PIPELINE) report

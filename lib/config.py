@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib import registry
-from lib.paths import DEFAULT_DATA_DIR, RUNS_DIR, resolve
+from lib.paths import DEFAULT_DATA_DIR, RUNS_DIR, TILE_CACHE_DIR, resolve
 
-MODELS = ("baseline", "resnet50")
+MODELS = ("baseline", "resnet50", "small")
 HEADS = ("imagenet1000", "binary")
 WEIGHTS = ("imagenet", "none")
 SCHEDULERS = ("none", "plateau")
+SPLITS = ("auto", "random", "grouped")
 
 
 @dataclass(frozen=True)
@@ -22,19 +23,25 @@ class RunConfig:
 
     run: str  # the registry's name of the run; also its folder under runs_dir
     title: str
-    model: str  # "baseline" or "resnet50"
+    model: str  # "baseline" or "resnet50" (the original's), or "small" (a fast CNN for quick checks)
     epochs: int
     batch_size: int  # tiles per optimizer step; validation uses the same size with drop_last
     augment: bool  # the original's rotation, flips and random crop on training tiles
     scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
     lr: float = 1e-3  # Adam's learning rate
     crop_size: int = 200  # pixels; only with augment
+    tile_size: int = 256  # pixels: every tile is brought to tile_size x tile_size (the baseline needs 256)
     head: str = "imagenet1000"  # ResNet50: the original's kept 1000-way head, or "binary" (2-way)
     weights: str = "imagenet"  # ResNet50: "imagenet" when found offline (else from scratch, said so), or "none"
     weights_path: str | None = None  # a ResNet50 ImageNet state-dict file to use instead of the torch cache
+    weights_strict: bool = False  # True: fail when the ImageNet weights are not found, instead of training from scratch
     subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
     valid_fraction: float = 0.1
-    data_dir: str = str(DEFAULT_DATA_DIR)
+    split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"
+    data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file
+    positive_class: str = ""  # class-folder data sets: the folder labelled 1 ("" = the second alphabetically, stated)
+    skip_bad_images: bool = False  # leave out unreadable image files (counted in the record) instead of stopping
+    cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time
     runs_dir: str = str(RUNS_DIR)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     seed: int = 0
@@ -74,8 +81,9 @@ def _check_type(name: str, value, expected_type) -> None:
 
 _TYPES = {
     "run": str, "title": str, "model": str, "epochs": int, "batch_size": int, "augment": bool,
-    "scheduler": str, "lr": (float, int), "crop_size": int, "head": str, "weights": str,
-    "weights_path": (str, type(None)), "subset": int, "valid_fraction": float, "data_dir": (str, Path),
+    "scheduler": str, "lr": (float, int), "crop_size": int, "tile_size": int, "head": str, "weights": str,
+    "weights_path": (str, type(None)), "weights_strict": bool, "subset": int, "valid_fraction": float, "split": str,
+    "data_dir": (str, Path), "positive_class": str, "skip_bad_images": bool, "cache_dir": (str, Path),
     "runs_dir": (str, Path), "device": str, "seed": int, "resume": bool, "profile": str, "profile_reason": str,
     "notebook": str, "order": int,
 }  # fmt: skip
@@ -99,18 +107,26 @@ def run_config(run: str, profile: str = "auto", **overrides) -> RunConfig:
     values["lr"] = float(values["lr"])
     values["data_dir"] = str(resolve(values.get("data_dir", DEFAULT_DATA_DIR)))
     values["runs_dir"] = str(resolve(values.get("runs_dir", RUNS_DIR)))
+    if values.get("cache_dir", None) not in (None, ""):
+        values["cache_dir"] = str(resolve(values["cache_dir"]))
     config = RunConfig(**values)
     _validate(config)
     return config
 
 
 def _validate(config: RunConfig) -> None:
-    for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS)):
+    for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS)):
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"parameter {name}={getattr(config, name)} must be at least 1")
+    if config.model == "baseline" and config.tile_size != 256:
+        raise ValueError(f"parameter tile_size={config.tile_size}: the baseline CNN takes 256x256 tiles only (its first linear layer is sized for them)")
+    if config.augment and config.crop_size > config.tile_size:
+        raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size}")
+    if config.tile_size < 16:
+        raise ValueError(f"parameter tile_size={config.tile_size} must be at least 16 pixels")
     if config.subset < 0:
         raise ValueError(f"parameter subset={config.subset} must be 0 (all tiles) or a positive count")
     if not 0 < config.valid_fraction < 1:

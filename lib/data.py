@@ -1,10 +1,20 @@
-"""Tiles in: reading the course layout, the seeded split, decoded uint8 tiles and their batches."""
+"""Tiles in: the decoded uint8 tile set and its cache on disk, the splits, and batches.
+
+Reading a data set's layout is lib/layouts.py; this module turns a TileIndex into tensors. Every
+tile is decoded once, converted to RGB, brought to TILE_SIZE, checked (a corrupt file is found here,
+before any training) and kept in data/cache/ as one uint8 array, so later runs skip decoding.
+"""
 
 from __future__ import annotations
 
-import csv
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+import os
+import zipfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,128 +23,249 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-COURSE_LAYOUT_HELP = (
-    "the course layout: train/1.jpg ... with train_label.csv (a header row, then id,label rows: "
-    "id = file stem, label 0 or 1), and optionally test/1.jpg ... (and test_label.csv for scoring)"
-)
+from lib.augment import augment_batch
+from lib.layouts import LAYOUTS, LayoutError, TileIndex, TileSource, read_layout  # noqa: F401  (the data API)
+from lib.paths import TILE_CACHE_DIR
+
+TILE_SIZE = 256  # pixels: the original's tiles, and the input both networks are built around
+CACHE_VERSION = 1  # bump when decoding changes, so that old caches are not reused
+
+
+class BadImagesError(ValueError):
+    """Images that cannot be decoded; the message lists every one of them."""
 
 
 @dataclass
-class TileIndex:
-    """Where a data set's tiles are, and their labels where known."""
+class DecodeRecord:
+    """What decoding did to the tiles, for the run's record and the report."""
 
-    data_dir: Path
-    train_paths: list[Path]
-    train_labels: np.ndarray  # int64, 0 or 1
-    test_ids: list[int]
-    test_paths: list[Path]
-    test_labels: np.ndarray | None  # only for scoring; training never reads it
-    origin: str  # where the data came from, for the report
+    resized: dict[str, int] = field(default_factory=dict)  # original "WxH" -> count, when not TILE_SIZE
+    converted: dict[str, int] = field(default_factory=dict)  # PIL mode -> count, when not RGB
+    bad: list[list[str]] = field(default_factory=list)  # [file, why] for every file that failed
+    skipped: int = 0  # bad files left out because skip_bad_images was asked for
+    cache: str = ""  # the cache file, and whether it was read or written
+
+    def notes(self, size: int) -> list[str]:
+        notes = []
+        if self.resized:
+            notes.append(f"resized to {size}x{size}: " + ", ".join(f"{n} tiles of {s}" for s, n in sorted(self.resized.items())))
+        if self.converted:
+            notes.append("converted to RGB: " + ", ".join(f"{n} {mode} tiles" for mode, n in sorted(self.converted.items())))
+        if self.skipped:
+            notes.append(f"{self.skipped} unreadable file(s) skipped (skip_bad_images): " + ", ".join(f for f, _ in self.bad[:10]))
+        return notes
 
 
-def _read_label_file(path: Path) -> list[tuple[str, int]]:
-    """Rows of (id, label) read by position after a header row, as the original did."""
-    rows = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        next(reader, None)  # the header: "id,label" or "# Id,Values", whatever its names
-        for line_number, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB; transparent pixels become white (the glass of a slide), not the black convert() gives."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_tile(source: TileSource, size: int = TILE_SIZE) -> tuple[np.ndarray, str, str]:
+    """One tile as (size, size, 3) uint8, with its original mode and "WxH" (for the record)."""
+    with source.open("rb") as f, Image.open(f) as image:
+        image.load()  # decode now: a truncated file fails here, not halfway through an epoch
+        mode, shape = image.mode, f"{image.width}x{image.height}"
+        if mode != "RGB":
+            image = _to_rgb(image)
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+        return np.asarray(image, dtype=np.uint8), mode, shape
+
+
+def source_signature(source: TileSource) -> list:
+    """What identifies a file's content cheaply: size and modification time (or a zip member's CRC)."""
+    if isinstance(source, zipfile.Path):
+        info = source.root.getinfo(source.at)
+        return [str(source), info.file_size, info.CRC]
+    stat = os.stat(source)
+    return [str(source), stat.st_size, stat.st_mtime_ns]
+
+
+def _cache_key(sources: list[TileSource], size: int) -> str:
+    digest = hashlib.sha256(json.dumps([CACHE_VERSION, size]).encode())
+    for source in sources:
+        digest.update(json.dumps(source_signature(source)).encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_into(array: np.ndarray, sources: list[TileSource], size: int, desc: str, record: DecodeRecord) -> np.ndarray:
+    """Decode every source into `array` (N, 3, size, size); returns the mask of the ones that worked."""
+    from tqdm import tqdm
+
+    def work(i: int):
+        try:
+            tile, mode, shape = decode_tile(sources[i], size)
+        except Exception as error:  # PIL raises several types; every one means "not a usable image"
+            return i, None, f"{type(error).__name__}: {error}" or type(error).__name__, "", ""
+        return i, tile, "", mode, shape
+
+    ok = np.zeros(len(sources), dtype=bool)
+    resized, converted = Counter(), Counter()
+    # PIL releases the GIL while decoding, so threads use every core without copying tiles between processes.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, tile, error, mode, shape in tqdm(pool.map(work, range(len(sources)), chunksize=16), total=len(sources),
+                                                desc=desc, unit="tile", leave=False):  # fmt: skip
+            if tile is None:
+                record.bad.append([str(sources[i]), error])
                 continue
-            if len(row) < 2:
-                raise ValueError(f"{path}, line {line_number}: expected 'id,label', got {','.join(row)!r}")
-            try:
-                label = int(row[1])
-            except ValueError:
-                raise ValueError(f"{path}, line {line_number}: label {row[1]!r} is not 0 or 1") from None
-            if label not in (0, 1):
-                raise ValueError(f"{path}, line {line_number}: label {label} is not 0 or 1")
-            rows.append((row[0].strip(), label))
-    return rows
+            array[i] = tile.transpose(2, 0, 1)
+            ok[i] = True
+            if mode != "RGB":
+                converted[mode] += 1
+            if shape != f"{size}x{size}":
+                resized[shape] += 1
+    record.resized, record.converted = dict(resized), dict(converted)
+    return ok
 
 
-def _image_by_stem(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff")}
+def _forget_older_caches(cache_dir: Path, first: str, size: int) -> None:
+    """A data set that changed leaves its old cache behind; drop caches of the same set and size."""
+    for meta_file in cache_dir.glob("*.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("first") == first and meta.get("size") == size:
+            meta_file.with_suffix(".npy").unlink(missing_ok=True)
+            meta_file.unlink(missing_ok=True)
 
 
-def read_course_layout(data_dir: str | Path) -> TileIndex:
-    """The original course layout under `data_dir`, checked: every label has its image."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist; expected {COURSE_LAYOUT_HELP}")
-    label_file = data_dir / "train_label.csv"
-    train_dir = data_dir / "train"
-    if not label_file.is_file() or not train_dir.is_dir():
-        found = sorted(p.name for p in data_dir.iterdir())[:20]
-        raise FileNotFoundError(f"{data_dir} is not in {COURSE_LAYOUT_HELP}; it holds: {', '.join(found) or 'nothing'}")
-    images = _image_by_stem(train_dir)
-    rows = _read_label_file(label_file)
-    missing = [tile_id for tile_id, _ in rows if tile_id not in images]
-    if missing:
-        raise FileNotFoundError(
-            f"{label_file}: {len(missing)} id(s) have no image in {train_dir}: {', '.join(missing[:10])}"
-        )
-    if not rows:
-        raise ValueError(f"{label_file} lists no tiles")
-    test_dir = data_dir / "test"
-    test_images = _image_by_stem(test_dir) if test_dir.is_dir() else {}
-    test_ids = sorted(int(stem) for stem in test_images if stem.isdigit())
-    test_labels = None
-    test_label_file = data_dir / "test_label.csv"
-    if test_label_file.is_file():
-        known = dict(_read_label_file(test_label_file))
-        if all(str(i) in known for i in test_ids):
-            test_labels = np.array([known[str(i)] for i in test_ids], dtype=np.int64)
-    origin_file = data_dir / "DATASET.json"
-    origin = "generated (lib/synthetic.py)" if origin_file.exists() else f"user data at {data_dir}"
-    return TileIndex(
-        data_dir=data_dir,
-        train_paths=[images[tile_id] for tile_id, _ in rows],
-        train_labels=np.array([label for _, label in rows], dtype=np.int64),
-        test_ids=test_ids,
-        test_paths=[test_images[str(i)] for i in test_ids],
-        test_labels=test_labels,
-        origin=origin,
-    )
+def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "decoding tiles",
+                 skip_bad_images: bool = False, cache_dir: str | Path | None = TILE_CACHE_DIR) -> tuple[torch.Tensor, np.ndarray, DecodeRecord]:
+    """Every source decoded to one (N_ok, 3, size, size) uint8 tensor, the mask of the sources kept,
+    and what decoding did. Bad files are all found first and listed in one BadImagesError, unless
+    `skip_bad_images`, which leaves them out and records how many. With `cache_dir`, the decoded
+    array is kept on disk (memory-mapped, so a set larger than memory still works) and reused while
+    no file changes."""  # fmt: skip
+    if not sources:
+        raise ValueError("no tiles to decode")
+    record = DecodeRecord()
+    if cache_dir is None:
+        array = np.zeros((len(sources), 3, size, size), dtype=np.uint8)
+        ok = _decode_into(array, sources, size, desc, record)
+    else:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key = _cache_key(sources, size)
+        data_file, meta_file = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
+        if data_file.is_file() and meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+            ok = np.array(meta["ok"], dtype=bool)
+            record = DecodeRecord(**meta["record"])
+            array = np.load(data_file, mmap_mode="r")
+            record.cache = f"read {data_file}"
+        else:
+            tmp = data_file.with_name(data_file.name + ".tmp.npy")
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), 3, size, size))
+            ok = _decode_into(array, sources, size, desc, record)
+            array.flush()
+            del array
+            os.replace(tmp, data_file)  # whole or absent: an interrupted decode leaves no half cache
+            _forget_older_caches(cache_dir, str(sources[0]), size)
+            meta_file.write_text(json.dumps({"first": str(sources[0]), "size": size, "ok": ok.tolist(),
+                                             "record": record.__dict__ | {"cache": ""}}))  # fmt: skip
+            array = np.load(data_file, mmap_mode="r")
+            record.cache = f"wrote {data_file}"
+    if record.bad and not skip_bad_images:
+        listed = "\n".join(f"  {path}: {why}" for path, why in record.bad)
+        raise BadImagesError(f"{len(record.bad)} file(s) could not be read as images (nothing has been trained yet):\n{listed}\n"
+                             "Replace or remove them, or set skip_bad_images=True to leave them out (the run records how many).")  # fmt: skip
+    record.skipped = len(record.bad)
+    kept = np.flatnonzero(ok)
+    tiles = torch.from_numpy(np.ascontiguousarray(array[kept]) if len(kept) < len(array) else np.array(array))
+    return tiles, ok, record
+
+
+@dataclass
+class TileSet:
+    """A data set's labelled tiles, decoded, with labels and groups for the kept ones."""
+
+    index: TileIndex
+    sources: list[TileSource]  # the files kept, in the order of `tiles`
+    tiles: torch.Tensor  # (N, 3, TILE_SIZE, TILE_SIZE) uint8
+    labels: torch.Tensor  # int64
+    groups: np.ndarray | None
+    record: DecodeRecord
+
+
+def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool = False,
+                  cache_dir: str | Path | None = TILE_CACHE_DIR) -> TileSet:  # fmt: skip
+    """Every labelled tile of `index`, decoded once (or read from the cache)."""
+    tiles, ok, record = decode_tiles(index.train_paths, size, "decoding labelled tiles", skip_bad_images, cache_dir)
+    labels = torch.from_numpy(index.train_labels[ok])
+    groups = index.train_groups[ok] if index.train_groups is not None else None
+    if len(labels.unique()) < 2:
+        raise LayoutError(f"{index.data_dir}: after leaving out {record.skipped} unreadable file(s), only class {int(labels[0])} remains")
+    sources = [source for source, kept in zip(index.train_paths, ok) if kept]
+    return TileSet(index=index, sources=sources, tiles=tiles, labels=labels, groups=groups, record=record)
 
 
 @dataclass(frozen=True)
 class Split:
-    """Positions into a TileIndex's training list."""
+    """Positions into a TileSet, and how they were chosen (for the report)."""
 
     train: np.ndarray
     valid: np.ndarray
+    description: str = ""
 
 
 def seeded_split(n_tiles: int, valid_fraction: float, seed: int, subset: int = 0) -> Split:
     """The original's split: a seeded permutation, its first floor((1 - f) * n) train, the rest
     validate. With `subset`, that many tiles are drawn first (seeded) and split the same way."""
+    order = _seeded_order(n_tiles, seed, subset)
+    n_train = math.floor((1 - valid_fraction) * len(order))
+    return Split(train=order[:n_train], valid=order[n_train:],
+                 description=f"random (the original's): seeded permutation (seed {seed}), first floor({1 - valid_fraction:g}*n) train")  # fmt: skip
+
+
+def _seeded_order(n_tiles: int, seed: int, subset: int) -> np.ndarray:
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n_tiles, generator=generator).numpy()
     if subset:
         if subset > n_tiles:
             raise ValueError(f"subset={subset} asks for more tiles than the {n_tiles} labelled ones")
         order = order[:subset]
-    n_train = math.floor((1 - valid_fraction) * len(order))
-    return Split(train=order[:n_train], valid=order[n_train:])
+    return order
 
 
-def decode_tiles(paths: list[Path], desc: str = "decoding tiles") -> torch.Tensor:
-    """Decode image files into one (N, 3, H, W) uint8 tensor; every tile must share one size."""
-    from tqdm import tqdm
+def grouped_split(groups: np.ndarray, valid_fraction: float, seed: int, subset: int = 0) -> Split:
+    """A leak-free split: whole groups (slide, patient, source tile) go to validation, in a seeded
+    order, until it holds at least valid_fraction of the tiles; no group is on both sides."""
+    chosen = np.sort(_seeded_order(len(groups), seed, subset))
+    names = np.unique(groups[chosen])
+    if len(names) < 2:
+        raise ValueError(f"a grouped split needs at least two groups; the tiles hold {len(names)}")
+    generator = torch.Generator().manual_seed(seed)
+    group_order = names[torch.randperm(len(names), generator=generator).numpy()]
+    sizes = Counter(groups[chosen])
+    target, valid_groups, taken = valid_fraction * len(chosen), set(), 0
+    for name in group_order:
+        if taken >= target or len(valid_groups) == len(names) - 1:
+            break
+        valid_groups.add(name)
+        taken += sizes[name]
+    in_valid = np.isin(groups[chosen], list(valid_groups))
+    return Split(train=chosen[~in_valid], valid=chosen[in_valid],
+                 description=f"grouped (leak-free): {len(names) - len(valid_groups)} groups train, {len(valid_groups)} "
+                             f"validate, none on both sides (seed {seed})")  # fmt: skip
 
-    tiles = None
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="tile", leave=False)):
-        with Image.open(path) as image:
-            array = np.array(image.convert("RGB"))  # a writable copy, as torch wants
-        if tiles is None:
-            tiles = torch.empty((len(paths), 3, *array.shape[:2]), dtype=torch.uint8)
-        if array.shape[:2] != tuple(tiles.shape[2:]):
-            raise ValueError(f"{path} is {array.shape[1]}x{array.shape[0]}; the other tiles are {tiles.shape[3]}x{tiles.shape[2]}")
-        tiles[i] = torch.from_numpy(array).permute(2, 0, 1)
-    if tiles is None:
-        raise ValueError("no tiles to decode")
-    return tiles
+
+def make_split(tile_set: TileSet, how: str, valid_fraction: float, seed: int, subset: int = 0) -> Split:
+    """`auto`: grouped when the data names groups, else the original's random split."""
+    if how == "grouped" or (how == "auto" and tile_set.groups is not None):
+        if tile_set.groups is None:
+            raise ValueError(f"split='grouped' asked for, but {tile_set.index.data_dir} ({tile_set.index.layout} layout) names no groups; "
+                             "give a CSV with a group column, or use split='random'")  # fmt: skip
+        return grouped_split(tile_set.groups, valid_fraction, seed, subset)
+    split = seeded_split(len(tile_set.labels), valid_fraction, seed, subset)
+    if tile_set.groups is not None:  # random asked for over grouped data: allowed, but never silently
+        return Split(split.train, split.valid, split.description + "; WARNING: groups ignored, near-copies may sit on both sides")
+    return split
 
 
 def original_augmentation(crop_size: int) -> v2.Compose:
@@ -161,6 +292,70 @@ class TileDataset(Dataset):
         if self.transform is not None:
             tile = self.transform(tile)
         return tile.float().div_(255), self.labels[i]
+
+
+class FileTileDataset(Dataset):
+    """The original's input path: each item opened and decoded from its file every epoch, its
+    transforms run on the CPU one image at a time. For comparison, and for data sets too large to
+    keep decoded."""
+
+    def __init__(self, sources: list[TileSource], labels: torch.Tensor, size: int, transform=None):
+        self.sources, self.labels, self.size, self.transform = sources, labels, size, transform
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        array, _, _ = decode_tile(self.sources[i], self.size)
+        tile = torch.from_numpy(array).permute(2, 0, 1)
+        if self.transform is not None:
+            tile = self.transform(tile)
+        return tile.float().div_(255), self.labels[i]
+
+
+class TileBatches:
+    """The fast input path: batches cut from decoded uint8 tiles with one index operation, moved to
+    the device as uint8 (a quarter of float's bytes), augmented there per image (lib/augment.py).
+    Tiles stay on the GPU when they fit; otherwise they wait in pinned host memory and stream in.
+    Like the original's loader: reshuffled each epoch (seeded), the last partial batch dropped."""
+
+    def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+                 device: torch.device, crop_size: int | None, what: str):  # fmt: skip
+        if len(tiles) < batch_size:
+            raise ValueError(
+                f"the {what} set has {len(tiles)} tiles, fewer than batch_size={batch_size}; with drop_last "
+                "(as the original) it would give no batch. Use a smaller batch_size or more tiles (subset)."
+            )
+        self.batch_size, self.shuffle, self.device, self.crop_size = batch_size, shuffle, device, crop_size
+        self.generator = torch.Generator().manual_seed(seed)  # the order's stream; saved and restored on resume
+        self.labels = labels.to(device)
+        self.tiles, self.placement = _place(tiles, device)
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch_size
+
+    def __iter__(self):
+        n = len(self)
+        order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else torch.arange(len(self.labels))
+        order = order[: n * self.batch_size].view(n, self.batch_size)
+        for rows in order:
+            tiles = self.tiles[rows.to(self.tiles.device)].to(self.device, non_blocking=True)
+            if self.crop_size is not None:
+                images = augment_batch(tiles, self.crop_size)
+            else:
+                images = tiles.float().div_(255)
+            yield images, self.labels[rows.to(self.device)]
+
+
+def _place(tiles: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str]:
+    """The tiles on `device` when it is a GPU with room to spare (half its free memory), else in
+    pinned host memory for fast copies; on the CPU, where they are."""
+    if device.type != "cuda":
+        return tiles, "host memory"
+    free, _ = torch.cuda.mem_get_info(device)
+    if tiles.numel() < free // 2:
+        return tiles.to(device), f"GPU memory ({tiles.numel() / 2**30:.2f} GiB of uint8 tiles)"
+    return tiles.pin_memory(), f"pinned host memory, streamed per batch ({tiles.numel() / 2**30:.2f} GiB would not fit beside the model)"
 
 
 def make_loader(dataset: TileDataset, batch_size: int, shuffle: bool, seed: int, what: str) -> DataLoader:

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import decode_tiles, read_course_layout
+from lib.data import decode_tiles, load_tile_set, make_split, read_layout
 from lib.models import build_model
 from lib.paths import resolve
 from lib.train import load_checkpoint, predicted_labels, resolve_device, save_atomically
@@ -23,12 +23,14 @@ SUBMISSION_HEADER = "# Id,Values"
 
 @dataclass
 class TilePredictions:
-    ids: list[int]
+    ids: list[str]
     predictions: np.ndarray  # 0/1 per test tile, in id order
     scores: np.ndarray  # probability of class 1 (softmax over the two label outputs)
     labels: np.ndarray | None  # known test labels, when the data set has them
     checkpoint: str
     best_epoch: int
+    scored_on: str  # "test", or why the validation tiles stood in for a missing test set
+    positive_class: str = ""  # the run's choice, for class-folder data sets
 
 
 def load_trained_model(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[torch.nn.Module, dict]:
@@ -51,13 +53,23 @@ def load_trained_model(run_dir: str | Path, checkpoint: str = "best.pt") -> tupl
 def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64) -> TilePredictions:
     """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only)."""
     model, checkpoint = load_trained_model(run_dir)
+    config = json.loads((resolve(run_dir) / "config.json").read_text())
     torch_device = resolve_device(device)
     model.to(torch_device)
 
-    index = read_course_layout(resolve(data_dir))
-    if not index.test_paths:
-        raise FileNotFoundError(f"{index.data_dir / 'test'} holds no test tiles named <id>.jpg")
-    tiles = decode_tiles(index.test_paths, "decoding test tiles")
+    index = read_layout(resolve(data_dir), config.get("positive_class", ""))
+    if index.test_paths:
+        tiles, _, _ = decode_tiles(index.test_paths, config.get("tile_size", 256), desc="decoding test tiles", cache_dir=config.get("cache_dir") or None)
+        ids, labels, scored_on = index.test_ids, index.test_labels, "test"
+    else:
+        # Class-folder and CSV data sets carry no test set: the run's own validation tiles, rebuilt
+        # from its saved config, are the only tiles it never trained on. Said wherever scores appear.
+        tile_set = load_tile_set(index, config.get("tile_size", 256), skip_bad_images=config.get("skip_bad_images", False), cache_dir=config.get("cache_dir") or None)
+        split = make_split(tile_set, config.get("split", "random"), config["valid_fraction"], config["seed"], config["subset"])
+        tiles, labels = tile_set.tiles[split.valid], tile_set.labels[split.valid].numpy()
+        ids = [str(tile_set.sources[i]).removeprefix(str(index.data_dir) + "/") for i in split.valid]
+        scored_on = (f"validation split of {Path(run_dir).name} ({len(ids)} tiles): the {index.layout} layout has no test set. "
+                     "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []
     for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", unit="batch", file=sys.stderr):
         batch = tiles[start : start + batch_size].to(torch_device).float().div_(255)
@@ -65,12 +77,14 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
         predictions.append(predicted_labels(logits).cpu())
         scores.append(torch.softmax(logits[:, :2], dim=1)[:, 1].cpu())
     return TilePredictions(
-        ids=index.test_ids,
+        ids=list(ids),
         predictions=torch.cat(predictions).numpy(),
         scores=torch.cat(scores).numpy(),
-        labels=index.test_labels,
+        labels=labels,
         checkpoint=checkpoint["path"],
         best_epoch=int(checkpoint["epoch"]),
+        scored_on=scored_on,
+        positive_class=config.get("positive_class", ""),
     )
 
 
@@ -118,9 +132,11 @@ def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out
     record = {
         "run": run,
         "data_dir": str(resolve(data_dir)),
+        "positive_class": result.positive_class,
         "checkpoint": result.checkpoint,
         "best_epoch": result.best_epoch,
         "n_test": len(result.ids),
+        "scored_on": result.scored_on,
         "first_five": first_five_line(result.predictions),
         "metrics": metrics,
     }

@@ -1,11 +1,14 @@
 """Where things live. Relative paths in parameters are read from the project root, whatever the cwd."""
 
+import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_FILE = PROJECT_ROOT / "registry.toml"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "synthetic"
+# Decoded uint8 tiles, one .npy per data set and tile size; HISTO_TILE_CACHE moves it (the tests do).
+TILE_CACHE_DIR = Path(os.environ.get("HISTO_TILE_CACHE", PROJECT_ROOT / "data" / "cache"))
 RUNS_DIR = PROJECT_ROOT / "runs"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 EXECUTED_DIR = REPORTS_DIR / "executed"

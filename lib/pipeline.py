@@ -35,23 +35,38 @@ def _hash_files(paths) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(data_dir: Path) -> str:
-    """Cheap identity of a data set: its generator spec, or its label files and file counts."""
-    digest = hashlib.sha256(str(data_dir).encode())
-    for name in ("DATASET.json", "train_label.csv", "test_label.csv"):
-        path = data_dir / name
-        if path.is_file():
-            digest.update(path.read_bytes())
-    for folder in ("train", "test"):
-        if (data_dir / folder).is_dir():
-            entries = sorted((p.name, p.stat().st_size) for p in (data_dir / folder).iterdir())
-            digest.update(json.dumps(entries).encode())
+def data_fingerprint(data_dir: Path, positive_class: str = "") -> str:
+    """Identity of a data set as the runs read it: its layout, every tile file's size and time (or
+    zip CRC), its labels and groups. Reading the layout here also stops a bad data set before any
+    notebook starts, with the layout's own error."""
+    from lib.data import read_layout, source_signature
+
+    index = read_layout(data_dir, positive_class)
+    digest = hashlib.sha256(f"{data_dir}|{index.layout}|{index.label_rule}".encode())
+    for source in [*index.train_paths, *index.test_paths]:
+        digest.update(json.dumps(source_signature(source)).encode())
+    digest.update(index.train_labels.tobytes())
+    if index.train_groups is not None:
+        digest.update("\n".join(index.train_groups).encode())
+    if index.test_labels is not None:
+        digest.update(index.test_labels.tobytes())
     return digest.hexdigest()
 
 
-def fingerprint(notebook: str, parameters: dict, data_dir: Path, resolved_profile: str, upstream: list[str] = ()) -> str:
+def check_parameters(notebook: str, parameters: dict) -> None:
+    """Every parameter must be one the notebook's parameters cell declares: papermill itself only
+    warns about an unknown name and runs on without it."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"notebooks/{notebook} has no parameter(s) {', '.join(unknown)}; it accepts: {', '.join(declared)}")
+
+
+def fingerprint(notebook: str, parameters: dict, data: str, resolved_profile: str, upstream: list[str] = ()) -> str:
     code = _hash_files([NOTEBOOKS_DIR / notebook, registry.REGISTRY_FILE, *Path(PROJECT_ROOT / "lib").glob("*.py")])
-    record = {"code": code, "parameters": parameters, "profile": resolved_profile, "data": data_fingerprint(data_dir), "upstream": list(upstream)}
+    record = {"code": code, "parameters": parameters, "profile": resolved_profile, "data": data, "upstream": list(upstream)}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
@@ -60,6 +75,7 @@ def execute(notebook: str, output_name: str, parameters: dict) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
+    check_parameters(notebook, parameters)
     EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
     output = EXECUTED_DIR / output_name
     print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
@@ -102,25 +118,29 @@ def ensure_data(data_dir: Path) -> None:
         start = time.perf_counter()
         generate(data_dir)
         print(f"=== data: generated default set ready at {data_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
-    elif not data_dir.is_dir():
+    elif not data_dir.exists():
         raise FileNotFoundError(f"DATA={data_dir} does not exist")
 
 
-def run_all(profile: str, data_dir: Path, device: str) -> None:
+def run_all(profile: str, data_dir: Path, device: str, data_options: dict | None = None) -> None:
+    """`data_options`: the training notebooks' split, positive_class and skip_bad_images, when given."""
     from lib.config import resolve_profile
 
     resolved, reason = resolve_profile(profile)
     print(f"=== {reason}", flush=True)
     ensure_data(data_dir)
+    data_options = data_options or {}
+    data = data_fingerprint(data_dir, data_options.get("positive_class", ""))
     parameters = {"data_dir": str(data_dir), "profile": profile, "device": device, "runs_dir": str(RUNS_DIR)}
     stamps = []
     for run in registry.run_names():
         notebook = registry.run_entry(run)["notebook"]
-        stamp = fingerprint(notebook, parameters, data_dir, resolved)
-        _run_if_changed(notebook, notebook, parameters, stamp)
+        training_parameters = parameters | data_options
+        stamp = fingerprint(notebook, training_parameters, data, resolved)
+        _run_if_changed(notebook, notebook, training_parameters, stamp)
         stamps.append(stamp)
     evaluation_parameters = parameters | {"reports_dir": str(REPORTS_DIR)}
-    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data_dir, resolved, upstream=stamps)
+    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, resolved, upstream=stamps)
     _run_if_changed(EVALUATION_NOTEBOOK, EVALUATION_NOTEBOOK, evaluation_parameters, stamp)
 
 
@@ -142,13 +162,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="auto", help="auto (full with CUDA, else quick), full or quick")
     parser.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="data directory (default: the generated set)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--split", default="", help="auto (grouped when the data names groups), random or grouped")
+    parser.add_argument("--positive-class", default="", help="class-folder data: the folder labelled 1")
+    parser.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable image files (counted) instead of stopping")
     args = parser.parse_args(argv)
+    data_options = {k: v for k, v in (("split", args.split), ("positive_class", args.positive_class),
+                                      ("skip_bad_images", args.skip_bad_images)) if v}  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
     try:
         if args.command == "run-all":
-            run_all(args.profile, resolve(args.data), args.device)
+            run_all(args.profile, resolve(args.data), args.device, data_options)
         else:
             report()
     except (NotebookFailed, FileNotFoundError, FileExistsError, ValueError) as error:

@@ -88,13 +88,18 @@ def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame
     return chosen.reset_index(drop=True)
 
 
-def decode_test_tiles(evaluation: dict, ids: list[int]):
-    """Decoded test tiles (N, 3, H, W) uint8 for the given ids, from the evaluated data set."""
-    from lib.data import decode_tiles, read_course_layout
+def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
+    """Decoded tiles (N, 3, H, W) uint8 for the given evaluated ids: test tiles, or the labelled
+    tiles (ids are their paths) when the data set had no test set."""
+    from lib.data import decode_tiles, read_layout
 
-    index = read_course_layout(evaluation["data_dir"])
-    by_id = dict(zip(index.test_ids, index.test_paths))
-    return decode_tiles([by_id[i] for i in ids], "decoding test tiles")
+    index = read_layout(evaluation["data_dir"], evaluation.get("positive_class", ""))
+    if index.test_paths:
+        by_id = dict(zip(index.test_ids, index.test_paths))
+    else:
+        by_id = {str(p).removeprefix(str(index.data_dir) + "/"): p for p in index.train_paths}
+    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], desc="decoding the tiles shown", cache_dir=None)
+    return tiles
 
 
 def tile_captions(chosen: pd.DataFrame) -> list[str]:
@@ -106,6 +111,8 @@ def tile_captions(chosen: pd.DataFrame) -> list[str]:
 
 def submission_head(reports_dir, lines: int = 6) -> str:
     path = resolve(reports_dir) / "submission.csv"
+    if not path.is_file():
+        return f"No submission file: the data set has no test tiles to predict ({path} not written)."
     rows = path.read_text().splitlines(keepends=True)
     return f"{path.name} ({len(rows) - 1} rows), first lines:\n\n```\n{''.join(rows[:lines])}```"
 
@@ -128,7 +135,11 @@ def headline(results: dict[str, RunResult], evaluation: dict) -> str:
         lines.append(f"| {run} | {_percent(s['final_valid_accuracy'])} | {_percent(s['best_valid_accuracy'])} | {s['epochs']} | {_duration(s['elapsed_s'])} |")
     metrics = evaluation.get("metrics")
     lines.append("")
-    if metrics:
+    scored_on = evaluation.get("scored_on", "test")
+    if metrics and scored_on != "test":
+        auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
+        lines.append(f"**No test set; scored on the {scored_on}:** accuracy {_percent(metrics['accuracy'])}, ROC-AUC {auc}.")
+    elif metrics:
         auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
         lines.append(f"**Test set** ({metrics['n_test']} tiles, {evaluation['run']}'s best checkpoint): accuracy "
                      f"{_percent(metrics['accuracy'])}, ROC-AUC {auc}.")  # fmt: skip
@@ -164,7 +175,10 @@ def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
     final = results[registry.final_run()].summary
     record = dict(final["environment"])
     record["data set"] = f"{final['data_origin']} ({final['data_dir']})"
-    record["split"] = final["split"]
+    record["layout"] = f"{final.get('data_layout', 'course')}; {final.get('label_rule', '')}"
+    record["split"] = f"{final['split']}; {final['n_train']} training / {final['n_valid']} validation tiles"
+    for k, note in enumerate(final.get("data_notes", [])):
+        record[f"input note {k + 1}"] = note
     record["profile"] = final["profile"]
     record["pretrained weights"] = ", ".join(
         f"{run}: {'yes' if r.summary['weights']['pretrained'] else 'no'}" for run, r in results.items() if r.config["model"] == "resnet50"

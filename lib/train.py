@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import TileDataset, decode_tiles, make_loader, original_augmentation, read_course_layout, seeded_split
+from lib.data import TileDataset, load_tile_set, make_loader, make_split, original_augmentation, read_layout
 from lib.environment import environment_record
 from lib.models import build_model
 from lib.paths import resolve
@@ -118,7 +118,7 @@ def _restore_random_state(state: dict, train_loader) -> None:
 
 
 # Config fields that may differ between an interrupted run and its resumption.
-_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device"}
+_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device", "cache_dir"}
 
 
 def _resume_state(config: RunConfig, run_dir: Path) -> dict | None:
@@ -169,19 +169,20 @@ def fit(config: RunConfig) -> RunResult:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # Data: read the layout, split, decode only the tiles this run uses.
-    index = read_course_layout(config.data_dir)
-    split = seeded_split(len(index.train_labels), config.valid_fraction, config.seed, config.subset)
-    labels = torch.from_numpy(index.train_labels)
-    train_tiles = decode_tiles([index.train_paths[i] for i in split.train], "decoding training tiles")
-    valid_tiles = decode_tiles([index.train_paths[i] for i in split.valid], "decoding validation tiles")
+    # Data: read the layout, decode every labelled tile once (or read the cache), split.
+    index = read_layout(config.data_dir, config.positive_class)
+    print(f"data: {index.origin}; {index.describe()}")
+    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None)
+    for note in tile_set.record.notes(tile_set.tiles.shape[-1]):
+        print(f"data: {note}")
+    split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
     augment = original_augmentation(config.crop_size) if config.augment else None
-    train_set = TileDataset(train_tiles, labels[split.train], augment)
-    valid_set = TileDataset(valid_tiles, labels[split.valid])
+    train_set = TileDataset(tile_set.tiles[split.train], tile_set.labels[split.train], augment)
+    valid_set = TileDataset(tile_set.tiles[split.valid], tile_set.labels[split.valid])
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed, what="training")
     valid_loader = make_loader(valid_set, config.batch_size, shuffle=False, seed=config.seed, what="validation")
-    print(f"data: {index.origin}; {len(train_set)} training and {len(valid_set)} validation tiles "
-          f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(index.train_labels)} labelled); device: {device}")
+    print(f"split: {split.description}; {len(train_set)} training and {len(valid_set)} validation tiles "
+          f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
 
     model, weights = build_model(config)
     if weights.notice:
@@ -270,10 +271,14 @@ def fit(config: RunConfig) -> RunResult:
         "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
         "n_train": len(train_set),
         "n_valid": len(valid_set),
-        "n_labelled": len(index.train_labels),
-        "split": f"seeded random permutation (seed {config.seed}), floor({1 - config.valid_fraction:g}*n) train",
+        "n_labelled": len(tile_set.labels),
+        "split": split.description,
         "data_dir": str(index.data_dir),
         "data_origin": index.origin,
+        "data_layout": index.layout,
+        "label_rule": index.label_rule,
+        "data_notes": tile_set.record.notes(tile_set.tiles.shape[-1]),
+        "decoding": asdict(tile_set.record) | {"bad": tile_set.record.bad[:100]},
         "weights": asdict(weights),
         "environment": environment_record(str(device)),
     }

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Decoded-tile caches of the tests' throwaway data sets go to a temporary folder, not data/cache;
+# set before lib is imported, and inherited by the notebooks' kernels.
+os.environ["HISTO_TILE_CACHE"] = tempfile.mkdtemp(prefix="histo-tile-cache-")
 sys.path.insert(0, str(PROJECT_ROOT))  # so that `import lib` works however pytest is started
 
 import papermill  # noqa: E402

@@ -8,7 +8,7 @@ import torch
 from lib import registry
 from lib.config import run_config
 
-from conftest import SEED_EPOCHS
+from tests.conftest import SEED_EPOCHS
 
 
 def test_registry_holds_the_four_runs_faithfully():

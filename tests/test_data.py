@@ -1,26 +1,77 @@
-"""Reading the course layout and the original's seeded split."""
+"""Decoding (modes, sizes, bad files, the cache), the splits and the batches."""
 
+import json
 import math
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from lib.data import TileDataset, decode_tiles, make_loader, read_course_layout, seeded_split
+from lib.config import run_config
+from lib.data import (BadImagesError, TileDataset, decode_tiles, grouped_split, load_tile_set, make_loader, make_split,
+                      read_layout, seeded_split)  # fmt: skip
+from lib.train import fit
+from tests.helpers import class_folders, write_tile
 
 
-def test_reads_the_course_layout(tiny_data):
-    index = read_course_layout(tiny_data)
-    assert len(index.train_paths) == 96 and index.train_labels.dtype == np.int64
-    assert index.train_paths[0].name == "1.jpg"
-    assert index.test_ids == list(range(1, 25))
-    assert index.test_labels is not None and len(index.test_labels) == 24
-    assert "generated" in index.origin
+def test_every_image_mode_becomes_rgb_and_other_sizes_are_resized(tmp_path):
+    sources = [write_tile(tmp_path / f"{mode}.{ext}", k, size=40, mode=mode)
+               for k, (mode, ext) in enumerate([("L", "png"), ("P", "png"), ("RGBA", "png"), ("CMYK", "jpg"), ("RGB", "jpg")])]  # fmt: skip
+    tiles, ok, record = decode_tiles(sources, size=64, cache_dir=None)
+    assert tiles.shape == (5, 3, 64, 64) and tiles.dtype == torch.uint8 and ok.all()
+    assert record.converted == {"L": 1, "P": 1, "RGBA": 1, "CMYK": 1} and record.resized == {"40x40": 5}
+    grey = tiles[0]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])  # grey stays grey in RGB
+
+
+def test_transparent_pixels_become_white_not_black(tmp_path):
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    tiles, _, _ = decode_tiles([tmp_path / "clear.png"], size=8, cache_dir=None)
+    assert (tiles == 255).all()
+
+
+@pytest.fixture
+def damaged_copy(tiny_data, tmp_path):
+    """The tiny set with a zero-byte, a truncated and a not-an-image file among the training tiles."""
+    copy = shutil.copytree(tiny_data, tmp_path / "damaged")
+    (copy / "train" / "3.jpg").write_bytes(b"")
+    data = (copy / "train" / "5.jpg").read_bytes()
+    (copy / "train" / "5.jpg").write_bytes(data[: len(data) // 3])
+    (copy / "train" / "8.jpg").write_text("this is not a JPEG")
+    return copy
+
+
+def test_bad_images_are_all_listed_before_training_and_can_be_skipped(damaged_copy, tmp_path):
+    runs = tmp_path / "runs"
+    tiny = {"epochs": 1, "batch_size": 8, "subset": 0, "device": "cpu", "profile": "quick", "cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(BadImagesError, match=r"3 file\(s\) could not be read.*nothing has been trained yet") as caught:
+        fit(run_config("baseline", data_dir=str(damaged_copy), runs_dir=str(runs), **tiny))
+    for name in ("3.jpg", "5.jpg", "8.jpg"):
+        assert f"train/{name}" in str(caught.value)
+    assert not (runs / "baseline" / "history.json").exists()  # found before the first epoch
+    result = fit(run_config("baseline", data_dir=str(damaged_copy), runs_dir=str(runs), skip_bad_images=True, **tiny))
+    assert result.summary["decoding"]["skipped"] == 3 and result.summary["n_labelled"] == 93
+    assert any("3 unreadable file(s) skipped" in note for note in result.summary["data_notes"])
+
+
+def test_the_cache_is_reused_and_follows_changed_files(tiny_data, tmp_path):
+    index = read_layout(tiny_data)
+    first, _, record = decode_tiles(index.train_paths[:6], cache_dir=tmp_path)
+    assert record.cache.startswith("wrote")
+    again, _, record = decode_tiles(index.train_paths[:6], cache_dir=tmp_path)
+    assert record.cache.startswith("read") and torch.equal(first, again)
+    copy = shutil.copytree(tiny_data, tmp_path / "copy")
+    changed = read_layout(copy)
+    shutil.copy(copy / "train" / "9.jpg", copy / "train" / "1.jpg")
+    fresh, _, record = decode_tiles(changed.train_paths[:6], cache_dir=tmp_path)
+    assert record.cache.startswith("wrote") and not torch.equal(fresh[0], first[0])
+    assert len(list(tmp_path.glob("*.npy"))) == 2  # one per data set: the copy's older cache was not kept twice
 
 
 @pytest.mark.parametrize("n", [4096, 96, 11])
-def test_split_sizes_follow_the_original(n):
+def test_random_split_sizes_follow_the_original(n):
     split = seeded_split(n, 0.1, seed=0)
     assert len(split.train) == math.floor(0.9 * n) and len(split.train) + len(split.valid) == n
     assert not set(split.train) & set(split.valid)
@@ -37,31 +88,36 @@ def test_split_is_deterministic_per_seed_and_subset_is_drawn_first():
         seeded_split(500, 0.1, 1, subset=600)
 
 
-def test_header_written_as_in_a_submission_is_accepted(tiny_data, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_data, copy)
-    lines = (copy / "train_label.csv").read_text().splitlines()
-    (copy / "train_label.csv").write_text("\n".join(["# Id,Values", *lines[1:]]) + "\n")
-    assert len(read_course_layout(copy).train_paths) == 96
+def test_grouped_split_never_shares_a_group_and_is_seeded():
+    rng = np.random.default_rng(0)
+    groups = np.array([f"slide-{g}" for g in rng.integers(0, 60, 1000)])
+    a, b = grouped_split(groups, 0.1, seed=4), grouped_split(groups, 0.1, seed=4)
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.valid, b.valid)
+    assert not set(groups[a.train]) & set(groups[a.valid])
+    assert sorted([*a.train, *a.valid]) == list(range(1000))
+    assert 0.1 <= len(a.valid) / 1000 < 0.2
+    assert f"{len(set(groups[a.valid]))} validate, none on both sides" in a.description
+    assert not np.array_equal(a.valid, grouped_split(groups, 0.1, seed=5).valid)
+    sub = grouped_split(groups, 0.1, seed=4, subset=300)
+    assert len(sub.train) + len(sub.valid) == 300 and not set(groups[sub.train]) & set(groups[sub.valid])
 
 
-def test_missing_folder_and_missing_images_are_named(tiny_data, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
-        read_course_layout(tmp_path / "nowhere")
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_data, copy)
-    (copy / "train" / "7.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 id\(s\) have no image.*: 7"):
-        read_course_layout(copy)
-    (copy / "train_label.csv").write_text("id,label\n1,2\n")
-    with pytest.raises(ValueError, match="line 2: label 2 is not 0 or 1"):
-        read_course_layout(copy)
+def test_auto_split_is_grouped_when_the_data_names_groups(tmp_path):
+    root = class_folders(tmp_path / "g", {"a": 6, "b": 6})
+    rows = ["path,label,group"] + [f"{c}/{c}{i}.png,{int(c == 'b')},{c}{i // 3}" for c in "ab" for i in range(6)]
+    (root / "tiles.csv").write_text("\n".join(rows) + "\n")
+    tile_set = load_tile_set(read_layout(root), size=32, cache_dir=None)
+    assert make_split(tile_set, "auto", 0.25, 0).description.startswith("grouped")
+    assert "WARNING: groups ignored" in make_split(tile_set, "random", 0.25, 0).description
+    (root / "tiles.csv").unlink()
+    folders = load_tile_set(read_layout(root), size=32, cache_dir=None)
+    with pytest.raises(ValueError, match="split='grouped' asked for, but .* names no groups"):
+        make_split(folders, "grouped", 0.25, 0)
 
 
-def test_decoded_tiles_are_uint8_and_validation_is_untouched(tiny_data):
-    index = read_course_layout(tiny_data)
-    tiles = decode_tiles(index.train_paths[:4])
-    assert tiles.shape == (4, 3, 256, 256) and tiles.dtype == torch.uint8
+def test_validation_tiles_are_untouched(tiny_data):
+    index = read_layout(tiny_data)
+    tiles, _, _ = decode_tiles(index.train_paths[:4], cache_dir=None)
     tile, label = TileDataset(tiles, torch.zeros(4, dtype=torch.long))[0]
     assert torch.allclose(tile, tiles[0].float() / 255)  # ToTensor only
 
@@ -71,3 +127,13 @@ def test_loader_drops_the_last_partial_batch_and_refuses_an_empty_one():
     assert len(make_loader(data, 4, shuffle=True, seed=0, what="training")) == 2
     with pytest.raises(ValueError, match="validation set has 10 tiles, fewer than batch_size=16"):
         make_loader(data, 16, shuffle=False, seed=0, what="validation")
+
+
+def test_run_record_names_layout_split_and_resizing(tmp_path):
+    root = class_folders(tmp_path / "classes", {"benign": 20, "tumour": 20})
+    result = fit(run_config("baseline", data_dir=str(root), runs_dir=str(tmp_path / "runs"), epochs=1, batch_size=4,
+                            subset=0, device="cpu", profile="quick", positive_class="tumour", cache_dir=""))  # fmt: skip
+    summary = json.loads((tmp_path / "runs" / "baseline" / "result.json").read_text())
+    assert summary == result.summary and summary["data_layout"] == "class-folders"
+    assert "tumour is 1 (positive_class)" in summary["label_rule"] and summary["split"].startswith("random")
+    assert summary["data_notes"] == ["resized to 256x256: 40 tiles of 32x32"]

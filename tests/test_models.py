@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from lib.models import BaselineCNN, build_resnet50
+from lib.models import BaselineCNN, SmallCNN, build_resnet50
 
 
 def test_baseline_takes_256_tiles_and_gives_two_outputs():
@@ -32,6 +32,13 @@ def test_missing_imagenet_weights_fall_back_with_a_notice(monkeypatch, tmp_path)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-cache"))
     model, outcome = build_resnet50("imagenet1000", "imagenet")
     assert not outcome.pretrained and "NOTICE" in outcome.notice and "from scratch" in outcome.notice
+    with pytest.raises(FileNotFoundError, match="weights_strict=True: ResNet50's ImageNet weights are not in the torch cache"):
+        build_resnet50("imagenet1000", "imagenet", strict=True)
+
+
+def test_small_cnn_takes_any_tile_size():
+    model = SmallCNN().eval()
+    assert model(torch.zeros(2, 3, 96, 96)).shape == model(torch.zeros(2, 3, 128, 160)).shape == (2, 2)
 
 
 def test_weights_file_is_loaded_safely_and_checked(tmp_path):

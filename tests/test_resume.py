@@ -14,7 +14,7 @@ import torch
 from lib.config import run_config
 from lib.train import fit
 
-from conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT
 
 TINY = {"profile": "quick", "epochs": 3, "batch_size": 8, "subset": 0, "device": "cpu", "seed": 5}
 

@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import run_config
-from lib.data import decode_tiles, read_course_layout
+from lib.data import decode_tiles, read_layout
 from lib.models import BaselineCNN
 from lib.train import fit, load_result, log_line, predicted_labels
 
 
 def test_a_few_steps_lower_the_loss(tiny_data):
     torch.manual_seed(0)
-    index = read_course_layout(tiny_data)
-    tiles = decode_tiles(index.train_paths[:16]).float() / 255
+    index = read_layout(tiny_data)
+    tiles = decode_tiles(index.train_paths[:16], cache_dir=None)[0].float() / 255
     labels = torch.from_numpy(index.train_labels[:16])
     model = BaselineCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
