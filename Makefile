@@ -2,8 +2,10 @@
 # or older, registers the notebooks' kernel, and needs nothing installed by hand.
 #   make report            everything: data, the four runs, evaluation, reports/report.html
 #   make test              the tests
+#   make bench             images/s of the original's input loop, the workbook's, and the model alone
 # Variables: PROFILE=auto|full|quick, DATA=<data dir or path,label CSV>, DEVICE=auto|cpu|cuda,
-#   SPLIT=auto|random|grouped, POSITIVE_CLASS=<class folder labelled 1>, SKIP_BAD_IMAGES=1
+#   SPLIT=auto|random|grouped, POSITIVE_CLASS=<class folder labelled 1>, SKIP_BAD_IMAGES=1,
+#   PRECISION=auto|fp32|bf16, COMPILE=1, INPUT_PIPELINE=tensor|original
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,9 +18,12 @@ PORT ?= 8888
 SPLIT ?=
 POSITIVE_CLASS ?=
 SKIP_BAD_IMAGES ?=
+PRECISION ?=
+COMPILE ?=
+INPUT_PIPELINE ?=
 PIPELINE := $(PY) -m lib.pipeline
 
-.PHONY: all run-all report lab tensorboard test clean distclean venv
+.PHONY: all run-all report lab tensorboard bench test clean distclean venv
 
 all: report
 
@@ -35,7 +40,8 @@ $(VENV)/.installed: requirements.txt
 run-all: venv
 	$(PIPELINE) run-all --profile $(PROFILE) --data "$(abspath $(DATA))" --device $(DEVICE) \
 		$(if $(SPLIT),--split $(SPLIT)) $(if $(POSITIVE_CLASS),--positive-class "$(POSITIVE_CLASS)") \
-		$(if $(SKIP_BAD_IMAGES),--skip-bad-images)
+		$(if $(SKIP_BAD_IMAGES),--skip-bad-images) $(if $(PRECISION),--precision $(PRECISION)) \
+		$(if $(COMPILE),--compile) $(if $(INPUT_PIPELINE),--input-pipeline $(INPUT_PIPELINE))
 
 report: run-all
 	$(PIPELINE) report
@@ -45,6 +51,9 @@ lab: venv
 
 tensorboard: venv
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
+
+bench: venv
+	$(PY) -m lib.bench
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -15,6 +15,8 @@ HEADS = ("imagenet1000", "binary")
 WEIGHTS = ("imagenet", "none")
 SCHEDULERS = ("none", "plateau")
 SPLITS = ("auto", "random", "grouped")
+INPUT_PIPELINES = ("tensor", "original")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class RunConfig:
     cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time
     runs_dir: str = str(RUNS_DIR)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    input_pipeline: str = "tensor"  # "tensor": decoded tiles, batches augmented on the device; "original": files + PIL per image
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on the CPU), "fp32" or "bf16"
+    compile: bool = False  # torch.compile the model (minutes of compiling; pays off on long GPU runs)
+    loader_workers: int = 0  # DataLoader processes for input_pipeline="original"
     seed: int = 0
     resume: bool = False  # continue from runs_dir/<run>/last.pt when it was written with this config
     profile: str = "full"  # the profile the registry values came from
@@ -84,7 +90,8 @@ _TYPES = {
     "scheduler": str, "lr": (float, int), "crop_size": int, "tile_size": int, "head": str, "weights": str,
     "weights_path": (str, type(None)), "weights_strict": bool, "subset": int, "valid_fraction": float, "split": str,
     "data_dir": (str, Path), "positive_class": str, "skip_bad_images": bool, "cache_dir": (str, Path),
-    "runs_dir": (str, Path), "device": str, "seed": int, "resume": bool, "profile": str, "profile_reason": str,
+    "runs_dir": (str, Path), "device": str, "input_pipeline": str, "precision": str,
+    "compile": bool, "loader_workers": int, "seed": int, "resume": bool, "profile": str, "profile_reason": str,
     "notebook": str, "order": int,
 }  # fmt: skip
 
@@ -115,7 +122,8 @@ def run_config(run: str, profile: str = "auto", **overrides) -> RunConfig:
 
 
 def _validate(config: RunConfig) -> None:
-    for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS)):
+    for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS),
+                          ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS)):
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
     for name in ("epochs", "batch_size"):
@@ -127,6 +135,8 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size}")
     if config.tile_size < 16:
         raise ValueError(f"parameter tile_size={config.tile_size} must be at least 16 pixels")
+    if config.loader_workers < 0:
+        raise ValueError(f"parameter loader_workers={config.loader_workers} must be 0 or more")
     if config.subset < 0:
         raise ValueError(f"parameter subset={config.subset} must be 0 (all tiles) or a positive count")
     if not 0 < config.valid_fraction < 1:

@@ -65,16 +65,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_tile(source: TileSource, size: int = TILE_SIZE) -> tuple[np.ndarray, str, str]:
-    """One tile as (size, size, 3) uint8, with its original mode and "WxH" (for the record)."""
+def open_tile(source: TileSource, size: int = TILE_SIZE) -> tuple[Image.Image, str, str]:
+    """One tile as an RGB PIL image of size x size, with its original mode and "WxH" (for the record)."""
     with source.open("rb") as f, Image.open(f) as image:
         image.load()  # decode now: a truncated file fails here, not halfway through an epoch
         mode, shape = image.mode, f"{image.width}x{image.height}"
-        if mode != "RGB":
-            image = _to_rgb(image)
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-        return np.asarray(image, dtype=np.uint8), mode, shape
+        image = _to_rgb(image) if mode != "RGB" else image.copy()
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return image, mode, shape
+
+
+def decode_tile(source: TileSource, size: int = TILE_SIZE) -> tuple[np.ndarray, str, str]:
+    """One tile as (size, size, 3) uint8, with its original mode and "WxH" (for the record)."""
+    image, mode, shape = open_tile(source, size)
+    return np.asarray(image, dtype=np.uint8), mode, shape
 
 
 def source_signature(source: TileSource) -> list:
@@ -93,8 +98,9 @@ def _cache_key(sources: list[TileSource], size: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def _decode_into(array: np.ndarray, sources: list[TileSource], size: int, desc: str, record: DecodeRecord) -> np.ndarray:
-    """Decode every source into `array` (N, 3, size, size); returns the mask of the ones that worked."""
+def _decode_into(array: np.ndarray | None, sources: list[TileSource], size: int, desc: str, record: DecodeRecord) -> np.ndarray:
+    """Decode every source into `array` (N, 3, size, size), or only check it when `array` is None;
+    returns the mask of the ones that worked."""
     from tqdm import tqdm
 
     def work(i: int):
@@ -113,7 +119,8 @@ def _decode_into(array: np.ndarray, sources: list[TileSource], size: int, desc: 
             if tile is None:
                 record.bad.append([str(sources[i]), error])
                 continue
-            array[i] = tile.transpose(2, 0, 1)
+            if array is not None:
+                array[i] = tile.transpose(2, 0, 1)
             ok[i] = True
             if mode != "RGB":
                 converted[mode] += 1
@@ -171,11 +178,7 @@ def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "
                                              "record": record.__dict__ | {"cache": ""}}))  # fmt: skip
             array = np.load(data_file, mmap_mode="r")
             record.cache = f"wrote {data_file}"
-    if record.bad and not skip_bad_images:
-        listed = "\n".join(f"  {path}: {why}" for path, why in record.bad)
-        raise BadImagesError(f"{len(record.bad)} file(s) could not be read as images (nothing has been trained yet):\n{listed}\n"
-                             "Replace or remove them, or set skip_bad_images=True to leave them out (the run records how many).")  # fmt: skip
-    record.skipped = len(record.bad)
+    _raise_unless_skipped(record, skip_bad_images)
     kept = np.flatnonzero(ok)
     tiles = torch.from_numpy(np.ascontiguousarray(array[kept]) if len(kept) < len(array) else np.array(array))
     return tiles, ok, record
@@ -187,16 +190,37 @@ class TileSet:
 
     index: TileIndex
     sources: list[TileSource]  # the files kept, in the order of `tiles`
-    tiles: torch.Tensor  # (N, 3, TILE_SIZE, TILE_SIZE) uint8
+    tiles: torch.Tensor | None  # (N, 3, size, size) uint8; None when only checked
     labels: torch.Tensor  # int64
     groups: np.ndarray | None
     record: DecodeRecord
 
 
+def check_tiles(sources: list[TileSource], size: int = TILE_SIZE, skip_bad_images: bool = False) -> tuple[np.ndarray, DecodeRecord]:
+    """Decode every source once without keeping it: the checks of decode_tiles (bad files listed
+    before training, modes and sizes recorded) for the original input path, which reads files per epoch."""
+    record = DecodeRecord()
+    ok = _decode_into(None, sources, size, "checking tiles", record)
+    _raise_unless_skipped(record, skip_bad_images)
+    return ok, record
+
+
+def _raise_unless_skipped(record: DecodeRecord, skip_bad_images: bool) -> None:
+    if record.bad and not skip_bad_images:
+        listed = "\n".join(f"  {path}: {why}" for path, why in record.bad)
+        raise BadImagesError(f"{len(record.bad)} file(s) could not be read as images (nothing has been trained yet):\n{listed}\n"
+                             "Replace or remove them, or set skip_bad_images=True to leave them out (the run records how many).")  # fmt: skip
+    record.skipped = len(record.bad)
+
+
 def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool = False,
-                  cache_dir: str | Path | None = TILE_CACHE_DIR) -> TileSet:  # fmt: skip
-    """Every labelled tile of `index`, decoded once (or read from the cache)."""
-    tiles, ok, record = decode_tiles(index.train_paths, size, "decoding labelled tiles", skip_bad_images, cache_dir)
+                  cache_dir: str | Path | None = TILE_CACHE_DIR, keep_tiles: bool = True) -> TileSet:  # fmt: skip
+    """Every labelled tile of `index`, decoded once (or read from the cache); with keep_tiles=False
+    only checked, for the original input path (tiles is then None)."""
+    if keep_tiles:
+        tiles, ok, record = decode_tiles(index.train_paths, size, "decoding labelled tiles", skip_bad_images, cache_dir)
+    else:
+        tiles, (ok, record) = None, check_tiles(index.train_paths, size, skip_bad_images)
     labels = torch.from_numpy(index.train_labels[ok])
     groups = index.train_groups[ok] if index.train_groups is not None else None
     if len(labels.unique()) < 2:
@@ -278,26 +302,10 @@ def original_augmentation(crop_size: int) -> v2.Compose:
     ])  # fmt: skip
 
 
-class TileDataset(Dataset):
-    """Decoded uint8 tiles with labels; yields float tiles in [0, 1] as ToTensor did."""
-
-    def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.tiles, self.labels, self.transform = tiles, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.tiles)
-
-    def __getitem__(self, i: int):
-        tile = self.tiles[i]
-        if self.transform is not None:
-            tile = self.transform(tile)
-        return tile.float().div_(255), self.labels[i]
-
-
 class FileTileDataset(Dataset):
     """The original's input path: each item opened and decoded from its file every epoch, its
-    transforms run on the CPU one image at a time. For comparison, and for data sets too large to
-    keep decoded."""
+    transforms run on the PIL image, one image at a time, then ToTensor. For comparison, and for
+    data sets too large to keep decoded."""
 
     def __init__(self, sources: list[TileSource], labels: torch.Tensor, size: int, transform=None):
         self.sources, self.labels, self.size, self.transform = sources, labels, size, transform
@@ -306,11 +314,11 @@ class FileTileDataset(Dataset):
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        array, _, _ = decode_tile(self.sources[i], self.size)
-        tile = torch.from_numpy(array).permute(2, 0, 1)
+        image, _, _ = open_tile(self.sources[i], self.size)
         if self.transform is not None:
-            tile = self.transform(tile)
-        return tile.float().div_(255), self.labels[i]
+            image = self.transform(image)
+        tile = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        return tile.float().div_(255), self.labels[i]  # ToTensor
 
 
 class TileBatches:
@@ -358,7 +366,7 @@ def _place(tiles: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str
     return tiles.pin_memory(), f"pinned host memory, streamed per batch ({tiles.numel() / 2**30:.2f} GiB would not fit beside the model)"
 
 
-def make_loader(dataset: TileDataset, batch_size: int, shuffle: bool, seed: int, what: str) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, what: str, workers: int = 0) -> DataLoader:
     """A loader with the original's drop_last; fails by name when not one full batch fits."""
     if len(dataset) < batch_size:
         raise ValueError(
@@ -366,4 +374,4 @@ def make_loader(dataset: TileDataset, batch_size: int, shuffle: bool, seed: int,
             "(as the original) it would give no batch. Use a smaller batch_size or more tiles (subset)."
         )
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, generator=generator, num_workers=workers)

@@ -122,20 +122,21 @@ def ensure_data(data_dir: Path) -> None:
         raise FileNotFoundError(f"DATA={data_dir} does not exist")
 
 
-def run_all(profile: str, data_dir: Path, device: str, data_options: dict | None = None) -> None:
-    """`data_options`: the training notebooks' split, positive_class and skip_bad_images, when given."""
+def run_all(profile: str, data_dir: Path, device: str, run_options: dict | None = None) -> None:
+    """`run_options`: training-notebook parameters given on the command line (split, positive_class,
+    skip_bad_images, precision, compile, input_pipeline)."""
     from lib.config import resolve_profile
 
     resolved, reason = resolve_profile(profile)
     print(f"=== {reason}", flush=True)
     ensure_data(data_dir)
-    data_options = data_options or {}
-    data = data_fingerprint(data_dir, data_options.get("positive_class", ""))
+    run_options = run_options or {}
+    data = data_fingerprint(data_dir, run_options.get("positive_class", ""))
     parameters = {"data_dir": str(data_dir), "profile": profile, "device": device, "runs_dir": str(RUNS_DIR)}
     stamps = []
     for run in registry.run_names():
         notebook = registry.run_entry(run)["notebook"]
-        training_parameters = parameters | data_options
+        training_parameters = parameters | run_options
         stamp = fingerprint(notebook, training_parameters, data, resolved)
         _run_if_changed(notebook, notebook, training_parameters, stamp)
         stamps.append(stamp)
@@ -165,15 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="", help="auto (grouped when the data names groups), random or grouped")
     parser.add_argument("--positive-class", default="", help="class-folder data: the folder labelled 1")
     parser.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable image files (counted) instead of stopping")
+    parser.add_argument("--precision", default="", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the models")
+    parser.add_argument("--input-pipeline", default="", help="tensor (the workbook's) or original (files and PIL per image)")
     args = parser.parse_args(argv)
-    data_options = {k: v for k, v in (("split", args.split), ("positive_class", args.positive_class),
-                                      ("skip_bad_images", args.skip_bad_images)) if v}  # fmt: skip
+    run_options = {k: v for k, v in (("split", args.split), ("positive_class", args.positive_class),
+                                     ("skip_bad_images", args.skip_bad_images), ("precision", args.precision),
+                                     ("compile", args.compile), ("input_pipeline", args.input_pipeline)) if v}  # fmt: skip
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
     try:
         if args.command == "run-all":
-            run_all(args.profile, resolve(args.data), args.device, data_options)
+            run_all(args.profile, resolve(args.data), args.device, run_options)
         else:
             report()
     except (NotebookFailed, FileNotFoundError, FileExistsError, ValueError) as error:

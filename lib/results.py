@@ -177,6 +177,8 @@ def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
     record["data set"] = f"{final['data_origin']} ({final['data_dir']})"
     record["layout"] = f"{final.get('data_layout', 'course')}; {final.get('label_rule', '')}"
     record["split"] = f"{final['split']}; {final['n_train']} training / {final['n_valid']} validation tiles"
+    record["input path"] = final.get("input_path", "")
+    record["arithmetic"] = final.get("speed_settings", "fp32")
     for k, note in enumerate(final.get("data_notes", [])):
         record[f"input note {k + 1}"] = note
     record["profile"] = final["profile"]

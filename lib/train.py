@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import TileDataset, load_tile_set, make_loader, make_split, original_augmentation, read_layout
+from lib.data import FileTileDataset, TileBatches, load_tile_set, make_loader, make_split, original_augmentation, read_layout
+from lib.speed import SpeedSettings, autocast, describe, prepare_input, prepare_model, speed_settings
 from lib.environment import environment_record
 from lib.models import build_model
 from lib.paths import resolve
@@ -60,16 +61,20 @@ def save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0) -> dict:
+FP32 = SpeedSettings(precision="fp32", channels_last=False, compile=False)
+
+
+def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = FP32) -> dict:
     """One pass over the training loader. Returns the original's metrics: the loss summed over
     batches, and the mean of batch accuracies."""
     model.train()
     loss_sum, accuracy_sum, images = 0.0, 0.0, 0
     start = time.perf_counter()
     for batch, (tiles, labels) in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr)):
-        tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        logits = model(tiles)
-        loss = F.cross_entropy(logits, labels)
+        tiles, labels = prepare_input(tiles.to(device, non_blocking=True), settings), labels.to(device, non_blocking=True)
+        with autocast(device, settings):
+            logits = model(tiles)
+        loss = F.cross_entropy(logits.float(), labels)
         if not torch.isfinite(loss):
             # Stop before the optimizer step spreads it into the weights; last.pt still holds the
             # last completed epoch.
@@ -87,13 +92,14 @@ def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, desc: str = "valid") -> dict:
+def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings = FP32) -> dict:
     """Loss summed over batches and the mean batch accuracy, without augmentation or gradients."""
     model.eval()
     loss_sum, accuracy_sum = 0.0, 0.0
     for tiles, labels in tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr):
-        tiles, labels = tiles.to(device), labels.to(device)
-        logits = model(tiles)
+        tiles, labels = prepare_input(tiles.to(device), settings), labels.to(device)
+        with autocast(device, settings):
+            logits = model(tiles).float()
         loss_sum += F.cross_entropy(logits, labels).item()
         accuracy_sum += (predicted_labels(logits) == labels).float().mean().item()
     return {"loss": loss_sum, "accuracy": accuracy_sum / len(loader)}
@@ -172,22 +178,38 @@ def fit(config: RunConfig) -> RunResult:
     # Data: read the layout, decode every labelled tile once (or read the cache), split.
     index = read_layout(config.data_dir, config.positive_class)
     print(f"data: {index.origin}; {index.describe()}")
-    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None)
-    for note in tile_set.record.notes(tile_set.tiles.shape[-1]):
+    tensor_path = config.input_pipeline == "tensor"
+    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images,
+                             cache_dir=config.cache_dir or None, keep_tiles=tensor_path)  # fmt: skip
+    for note in tile_set.record.notes(config.tile_size):
         print(f"data: {note}")
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
-    augment = original_augmentation(config.crop_size) if config.augment else None
-    train_set = TileDataset(tile_set.tiles[split.train], tile_set.labels[split.train], augment)
-    valid_set = TileDataset(tile_set.tiles[split.valid], tile_set.labels[split.valid])
-    train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed, what="training")
-    valid_loader = make_loader(valid_set, config.batch_size, shuffle=False, seed=config.seed, what="validation")
-    print(f"split: {split.description}; {len(train_set)} training and {len(valid_set)} validation tiles "
+    crop = config.crop_size if config.augment else None
+    if tensor_path:
+        train_loader = TileBatches(tile_set.tiles[split.train], tile_set.labels[split.train], config.batch_size,
+                                   shuffle=True, seed=config.seed, device=device, crop_size=crop, what="training")  # fmt: skip
+        valid_loader = TileBatches(tile_set.tiles[split.valid], tile_set.labels[split.valid], config.batch_size,
+                                   shuffle=False, seed=config.seed, device=device, crop_size=None, what="validation")  # fmt: skip
+        placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}"
+    else:
+        def files(rows, transform):
+            return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform)
+
+        augment = original_augmentation(config.crop_size) if config.augment else None
+        train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)
+        valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
+        placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
+    n_train, n_valid = len(split.train), len(split.valid)
+    tile_set.tiles = None  # the loaders hold their own copies; the whole set need not stay in memory
+    print(f"split: {split.description}; {n_train} training and {n_valid} validation tiles "
           f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
 
     model, weights = build_model(config)
     if weights.notice:
         print(weights.notice)
-    model.to(device)
+    settings = speed_settings(device, config.precision, config.compile)
+    model, step_model = prepare_model(model.to(device), settings)
+    print(f"speed: {placement}; {describe(settings)}")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min") if config.scheduler == "plateau" else None
 
@@ -219,8 +241,8 @@ def fit(config: RunConfig) -> RunResult:
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
                       initial=start_epoch, total=config.epochs)  # fmt: skip
     for epoch in epochs_bar:
-        trained = train_one_epoch(model, train_loader, optimizer, device, desc=f"epoch {epoch} train", epoch=epoch)
-        validated = evaluate(model, valid_loader, device, desc=f"epoch {epoch} valid")
+        trained = train_one_epoch(step_model, train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
+        validated = evaluate(step_model, valid_loader, device, f"epoch {epoch} valid", settings)
         if scheduler is not None:
             scheduler.step(validated["loss"])  # on the summed validation loss, as the original
         row = {
@@ -269,15 +291,17 @@ def fit(config: RunConfig) -> RunResult:
         "final_valid_loss": history[-1]["valid_loss"],
         "elapsed_s": elapsed,
         "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
-        "n_train": len(train_set),
-        "n_valid": len(valid_set),
+        "n_train": n_train,
+        "n_valid": n_valid,
+        "input_path": placement,
+        "speed_settings": describe(settings),
         "n_labelled": len(tile_set.labels),
         "split": split.description,
         "data_dir": str(index.data_dir),
         "data_origin": index.origin,
         "data_layout": index.layout,
         "label_rule": index.label_rule,
-        "data_notes": tile_set.record.notes(tile_set.tiles.shape[-1]),
+        "data_notes": tile_set.record.notes(config.tile_size),
         "decoding": asdict(tile_set.record) | {"bad": tile_set.record.bad[:100]},
         "weights": asdict(weights),
         "environment": environment_record(str(device)),

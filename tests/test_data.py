@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lib.config import run_config
-from lib.data import (BadImagesError, TileDataset, decode_tiles, grouped_split, load_tile_set, make_loader, make_split,
+from lib.data import (BadImagesError, FileTileDataset, TileBatches, decode_tiles, grouped_split, load_tile_set, make_loader, make_split,
                       read_layout, seeded_split)  # fmt: skip
 from lib.train import fit
 from tests.helpers import class_folders, write_tile
@@ -115,18 +115,39 @@ def test_auto_split_is_grouped_when_the_data_names_groups(tmp_path):
         make_split(folders, "grouped", 0.25, 0)
 
 
-def test_validation_tiles_are_untouched(tiny_data):
+def test_validation_batches_are_untouched_and_the_last_partial_batch_is_dropped(tiny_data):
     index = read_layout(tiny_data)
-    tiles, _, _ = decode_tiles(index.train_paths[:4], cache_dir=None)
-    tile, label = TileDataset(tiles, torch.zeros(4, dtype=torch.long))[0]
-    assert torch.allclose(tile, tiles[0].float() / 255)  # ToTensor only
-
-
-def test_loader_drops_the_last_partial_batch_and_refuses_an_empty_one():
-    data = TileDataset(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.zeros(10, dtype=torch.long))
-    assert len(make_loader(data, 4, shuffle=True, seed=0, what="training")) == 2
+    tiles, _, _ = decode_tiles(index.train_paths[:10], cache_dir=None)
+    batches = TileBatches(tiles, torch.arange(10), 4, shuffle=False, seed=0, device=torch.device("cpu"), crop_size=None, what="validation")
+    batches_seen = list(batches)
+    assert len(batches) == len(batches_seen) == 2  # drop_last, as the original
+    images, labels = batches_seen[0]
+    assert torch.equal(images, tiles[:4].float() / 255) and labels.tolist() == [0, 1, 2, 3]  # ToTensor only
     with pytest.raises(ValueError, match="validation set has 10 tiles, fewer than batch_size=16"):
-        make_loader(data, 16, shuffle=False, seed=0, what="validation")
+        TileBatches(tiles, torch.arange(10), 16, shuffle=False, seed=0, device=torch.device("cpu"), crop_size=None, what="validation")
+
+
+def test_training_batches_are_reshuffled_each_epoch_and_augmented_per_image(tiny_data):
+    index = read_layout(tiny_data)
+    tiles, _, _ = decode_tiles(index.train_paths[:16], cache_dir=None)
+    torch.manual_seed(0)
+    batches = TileBatches(tiles, torch.arange(16), 8, shuffle=True, seed=3, device=torch.device("cpu"), crop_size=200, what="training")
+    first = [labels.tolist() for _, labels in batches]
+    second = [labels.tolist() for _, labels in batches]
+    assert first != second and sorted(sum(first, [])) == list(range(16))
+    images, _ = next(iter(batches))
+    assert images.shape == (8, 3, 200, 200) and images.dtype == torch.float32
+
+
+def test_the_original_input_path_reads_files_per_item(tiny_data):
+    index = read_layout(tiny_data)
+    dataset = FileTileDataset(index.train_paths[:10], torch.arange(10), 256)
+    tiles, _, _ = decode_tiles(index.train_paths[:1], cache_dir=None)
+    image, label = dataset[0]
+    assert torch.equal(image, tiles[0].float() / 255) and label == 0
+    assert len(make_loader(dataset, 4, shuffle=True, seed=0, what="training")) == 2
+    with pytest.raises(ValueError, match="validation set has 10 tiles, fewer than batch_size=16"):
+        make_loader(dataset, 16, shuffle=False, seed=0, what="validation")
 
 
 def test_run_record_names_layout_split_and_resizing(tmp_path):

@@ -1,8 +1,10 @@
 """The training loop: it learns, it logs like the original, and its checkpoints load safely."""
 
 import json
+import math
 import re
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -65,3 +67,18 @@ def test_fit_writes_a_run_that_loads_with_weights_only(tiny_data, tmp_path, caps
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), last["model"].values()))
     assert load_result("baseline", tmp_path).summary == result.summary
     assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("pipeline, precision", [("tensor", "fp32"), ("original", "fp32"), ("tensor", "bf16")])
+def test_both_input_paths_and_both_precisions_train_and_say_which(tiny_data, tmp_path, pipeline, precision):
+    """The original's input path stays selectable; bf16 autocast runs (on the CPU here, slowly)."""
+    config = run_config("resnet50-10ep", profile="quick", data_dir=str(tiny_data), runs_dir=str(tmp_path), model="small",
+                        tile_size=64, crop_size=48, epochs=2, batch_size=8, subset=0, device="cpu",
+                        input_pipeline=pipeline, precision=precision)  # fmt: skip
+    summary = fit(config).summary
+    assert summary["input_path"].startswith(pipeline) and summary["speed_settings"].startswith(precision)
+    assert all(math.isfinite(row["train_loss"]) for row in fit_history(tmp_path))
+
+
+def fit_history(runs_dir):
+    return json.loads((runs_dir / "resnet50-10ep" / "history.json").read_text())

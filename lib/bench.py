@@ -1,0 +1,181 @@
+"""`make bench`: training images per second, side by side in one process, for
+
+  (a) seed style: the original's loop, JPEG files decoded and PIL-transformed per image in a
+      DataLoader, fp32;
+  (b) workbook: decoded uint8 tiles, per-batch augmentation on the device, the run's precision;
+  (c) model only: random tensors already on the device, same model, precision and batch: the
+      limit any input path can reach;
+
+for the baseline CNN and ResNet50, on the CPU and on CUDA when present. Prints b/a and b/c, peak
+memory and the device; writes reports/bench.json. Measured, never asserted: these machines are shared.
+
+    python -m lib.bench [--steps N] [--out reports/bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lib.data import FileTileDataset, TileBatches, decode_tiles, original_augmentation, read_layout
+from lib.models import BaselineCNN, build_resnet50
+from lib.paths import DEFAULT_DATA_DIR, REPORTS_DIR
+from lib.speed import SpeedSettings, autocast, prepare_input, prepare_model, speed_settings
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    batch_size: int
+    crop_size: int | None  # None: no augmentation (the baseline), tiles at full size
+    steps: int
+
+
+def cases(device: torch.device, steps: int | None) -> list[Case]:
+    """The original's batches on CUDA (64 baseline, 100 ResNet50); smaller on a CPU so one ResNet50
+    step takes seconds, not minutes."""
+    if device.type == "cuda":
+        return [Case("baseline", 64, None, steps or 30), Case("resnet50", 100, 200, steps or 20)]
+    return [Case("baseline", 64, None, steps or 5), Case("resnet50", 16, 200, steps or 5)]
+
+
+def _model(name: str, settings: SpeedSettings, device: torch.device) -> torch.nn.Module:
+    model = BaselineCNN() if name == "baseline" else build_resnet50("imagenet1000", "none")[0]
+    _, step_model = prepare_model(model.to(device).train(), settings)
+    return step_model
+
+
+def _timed_steps(model, optimizer, batches, steps: int, settings: SpeedSettings, device: torch.device) -> float:
+    """Images per second over `steps` training steps, after one warm-up step."""
+    iterator = iter(batches)
+    images, start = 0, None
+    for step in range(steps + 1):
+        if step == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, images = time.perf_counter(), 0
+        tiles, labels = next(iterator)
+        tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        tiles = prepare_input(tiles, settings)
+        with autocast(device, settings):
+            loss = F.cross_entropy(model(tiles), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        images += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images / (time.perf_counter() - start)
+
+
+def _random_batches(batch: int, size: int, device: torch.device):
+    tiles = torch.rand(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 2, (batch,), device=device)
+    while True:
+        yield tiles, labels
+
+
+def _peak_host_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(case: Case, device: torch.device, sources, labels, tiles_uint8) -> dict:
+    workbook_settings = speed_settings(device, "auto", compile_model=False)
+    seed_settings = SpeedSettings(precision="fp32", channels_last=False, compile=False)
+    input_size = case.crop_size or tiles_uint8.shape[-1]
+    needed = (case.steps + 1) * case.batch_size
+    record = {"model": case.model, "device": str(device), "device_name": _device_name(device),
+              "precision": workbook_settings.precision, "channels_last": workbook_settings.channels_last,
+              "batch_size": case.batch_size, "input_size": input_size, "steps": case.steps}  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # (a) seed style: files decoded per image, PIL transforms, a DataLoader, fp32.
+    torch.manual_seed(0)
+    transform = original_augmentation(case.crop_size) if case.crop_size else None
+    seed_set = FileTileDataset(sources[:needed], labels[:needed], tiles_uint8.shape[-1], transform)
+    workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)  # on a CPU a worker would take a core from the model
+    loader = torch.utils.data.DataLoader(seed_set, case.batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda")  # fmt: skip
+    model = _model(case.model, seed_settings, device)
+    record["seed_style"] = _timed_steps(model, torch.optim.Adam(model.parameters()), loader, case.steps, seed_settings, device)
+    record["seed_style_workers"] = workers
+
+    # (b) workbook: uint8 tiles, batches augmented on the device.
+    torch.manual_seed(0)
+    batches = TileBatches(tiles_uint8[:needed], labels[:needed], case.batch_size, True, 0, device, case.crop_size, "bench")
+    model = _model(case.model, workbook_settings, device)
+    record["workbook"] = _timed_steps(model, torch.optim.Adam(model.parameters()), batches, case.steps, workbook_settings, device)
+
+    # (c) the model alone on ready tensors: the ceiling for (b).
+    model = _model(case.model, workbook_settings, device)
+    record["model_only"] = _timed_steps(model, torch.optim.Adam(model.parameters()), _random_batches(case.batch_size, input_size, device),
+                                        case.steps, workbook_settings, device)  # fmt: skip
+
+    record["workbook_vs_seed"] = record["workbook"] / record["seed_style"]
+    record["workbook_vs_limit"] = record["workbook"] / record["model_only"]
+    record["peak_host_mb"] = _peak_host_mb()
+    record["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return record
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from lib.environment import cpu_name
+
+    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="tiles to read (default: the generated set)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: per device)")
+    parser.add_argument("--devices", default="auto", help="auto (cpu, and cuda when present), cpu or cuda")
+    parser.add_argument("--out", default=str(REPORTS_DIR / "bench.json"))
+    args = parser.parse_args(argv)
+
+    from lib.synthetic import ensure_default
+
+    ensure_default(args.data)
+    devices = [torch.device("cpu")] if args.devices in ("auto", "cpu") else []
+    if args.devices in ("auto", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if not torch.cuda.is_available():
+        print("bench: no CUDA device here, so only the CPU is measured")
+    index = read_layout(args.data)
+    records = []
+    for device in devices:
+        plan = cases(device, args.steps)
+        count = max((c.steps + 1) * c.batch_size for c in plan)
+        if count > len(index.train_paths):
+            raise ValueError(f"the bench needs {count} tiles; {args.data} has {len(index.train_paths)}")
+        sources, labels = index.train_paths[:count], torch.from_numpy(index.train_labels[:count])
+        tiles, _, _ = decode_tiles(sources, desc="decoding bench tiles")
+        for case in plan:
+            print(f"bench: {case.model} on {device}, batch {case.batch_size}, {case.steps} timed steps per path ...", flush=True)
+            record = measure(case, device, sources, labels, tiles)
+            records.append(record)
+            gpu = f", peak GPU {record['peak_gpu_mb']:.0f} MiB" if record["peak_gpu_mb"] is not None else ""
+            print(f"  {record['device_name']}: (a) seed style {record['seed_style']:.1f} img/s, (b) workbook {record['workbook']:.1f} "
+                  f"({record['precision']}{', channels_last' if record['channels_last'] else ''}), (c) model only {record['model_only']:.1f}\n"
+                  f"  b/a = {record['workbook_vs_seed']:.2f}, b/c = {record['workbook_vs_limit']:.2f}; "
+                  f"peak host {record['peak_host_mb']:.0f} MiB{gpu}", flush=True)  # fmt: skip
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(records, f, indent=2)
+    print(f"bench: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
