@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,12 +40,14 @@ class Case:
     steps: int
 
 
-def cases(device: torch.device, steps: int | None) -> list[Case]:
+def cases(device: torch.device, steps: int | None, models: list[str], batch_size: int | None) -> list[Case]:
     """The original's batches on CUDA (64 baseline, 100 ResNet50); smaller on a CPU so one ResNet50
     step takes seconds, not minutes."""
     if device.type == "cuda":
-        return [Case("baseline", 64, None, steps or 30), Case("resnet50", 100, 200, steps or 20)]
-    return [Case("baseline", 64, None, steps or 5), Case("resnet50", 16, 200, steps or 5)]
+        plan = [Case("baseline", 64, None, steps or 30), Case("resnet50", 100, 200, steps or 20)]
+    else:
+        plan = [Case("baseline", 64, None, steps or 3), Case("resnet50", 16, 200, steps or 3)]
+    return [Case(c.model, batch_size or c.batch_size, c.crop_size, c.steps) for c in plan if c.model in models]
 
 
 def _model(name: str, settings: SpeedSettings, device: torch.device) -> torch.nn.Module:
@@ -53,27 +56,37 @@ def _model(name: str, settings: SpeedSettings, device: torch.device) -> torch.nn
     return step_model
 
 
-def _timed_steps(model, optimizer, batches, steps: int, settings: SpeedSettings, device: torch.device) -> float:
-    """Images per second over `steps` training steps, after one warm-up step."""
-    iterator = iter(batches)
-    images, start = 0, None
-    for step in range(steps + 1):
-        if step == 1:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start, images = time.perf_counter(), 0
-        tiles, labels = next(iterator)
-        tiles, labels = tiles.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        tiles = prepare_input(tiles, settings)
-        with autocast(device, settings):
-            loss = F.cross_entropy(model(tiles), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        images += len(labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return images / (time.perf_counter() - start)
+class _Path:
+    """One way of training: a model, its optimizer and an endless source of batches."""
+
+    def __init__(self, model_name: str, settings: SpeedSettings, device: torch.device, batches):
+        self.model = _model(model_name, settings, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters())
+        self.settings, self.device, self.batches = settings, device, _forever(batches)
+
+    def steps(self, count: int) -> float:
+        """Images per second over `count` training steps."""
+        device = self.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start, images = time.perf_counter(), 0
+        for _ in range(count):
+            tiles, labels = next(self.batches)
+            tiles, labels = prepare_input(tiles.to(device, non_blocking=True), self.settings), labels.to(device, non_blocking=True)
+            with autocast(device, self.settings):
+                loss = F.cross_entropy(self.model(tiles).float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            images += len(labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return images / (time.perf_counter() - start)
+
+
+def _forever(batches):
+    while True:
+        yield from batches
 
 
 def _random_batches(batch: int, size: int, device: torch.device):
@@ -87,11 +100,11 @@ def _peak_host_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(case: Case, device: torch.device, sources, labels, tiles_uint8) -> dict:
+def measure(case: Case, device: torch.device, sources, labels, tiles_uint8, rounds: int) -> dict:
     workbook_settings = speed_settings(device, "auto", compile_model=False)
     seed_settings = SpeedSettings(precision="fp32", channels_last=False, compile=False)
     input_size = case.crop_size or tiles_uint8.shape[-1]
-    needed = (case.steps + 1) * case.batch_size
+    needed = case.steps * case.batch_size
     record = {"model": case.model, "device": str(device), "device_name": _device_name(device),
               "precision": workbook_settings.precision, "channels_last": workbook_settings.channels_last,
               "batch_size": case.batch_size, "input_size": input_size, "steps": case.steps}  # fmt: skip
@@ -104,21 +117,28 @@ def measure(case: Case, device: torch.device, sources, labels, tiles_uint8) -> d
     seed_set = FileTileDataset(sources[:needed], labels[:needed], tiles_uint8.shape[-1], transform)
     workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)  # on a CPU a worker would take a core from the model
     loader = torch.utils.data.DataLoader(seed_set, case.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                                         pin_memory=device.type == "cuda")  # fmt: skip
-    model = _model(case.model, seed_settings, device)
-    record["seed_style"] = _timed_steps(model, torch.optim.Adam(model.parameters()), loader, case.steps, seed_settings, device)
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
     record["seed_style_workers"] = workers
-
-    # (b) workbook: uint8 tiles, batches augmented on the device.
-    torch.manual_seed(0)
-    batches = TileBatches(tiles_uint8[:needed], labels[:needed], case.batch_size, True, 0, device, case.crop_size, "bench")
-    model = _model(case.model, workbook_settings, device)
-    record["workbook"] = _timed_steps(model, torch.optim.Adam(model.parameters()), batches, case.steps, workbook_settings, device)
-
-    # (c) the model alone on ready tensors: the ceiling for (b).
-    model = _model(case.model, workbook_settings, device)
-    record["model_only"] = _timed_steps(model, torch.optim.Adam(model.parameters()), _random_batches(case.batch_size, input_size, device),
-                                        case.steps, workbook_settings, device)  # fmt: skip
+    paths = {
+        "seed_style": _Path(case.model, seed_settings, device, loader),
+        # (b) workbook: uint8 tiles, batches augmented on the device.
+        "workbook": _Path(case.model, workbook_settings, device,
+                          TileBatches(tiles_uint8[:needed], labels[:needed], case.batch_size, True, 0, device, case.crop_size, "bench")),
+        # (c) the model alone on ready tensors: the ceiling for (b).
+        "model_only": _Path(case.model, workbook_settings, device, _random_batches(case.batch_size, input_size, device)),
+    }  # fmt: skip
+    for path in paths.values():
+        path.steps(1)  # warm-up: first-call allocations, cuDNN's choice of kernels, DataLoader workers
+    # Rounds taken in turn and their median kept, so that a slow spell of a shared machine lands on
+    # every path alike rather than on whichever ran during it.
+    rates = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            rates[name].append(path.steps(case.steps))
+    for name, values in rates.items():
+        record[name] = statistics.median(values)
+        record[f"{name}_rounds"] = values
+    record["rounds"] = rounds
 
     record["workbook_vs_seed"] = record["workbook"] / record["seed_style"]
     record["workbook_vs_limit"] = record["workbook"] / record["model_only"]
@@ -140,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="tiles to read (default: the generated set)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: per device)")
     parser.add_argument("--devices", default="auto", help="auto (cpu, and cuda when present), cpu or cuda")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per path, taken in turn; the median is kept")
+    parser.add_argument("--models", default="baseline,resnet50", help="comma-separated: baseline, resnet50")
+    parser.add_argument("--batch-size", type=int, default=None, help="instead of each device's default batches")
     parser.add_argument("--out", default=str(REPORTS_DIR / "bench.json"))
     args = parser.parse_args(argv)
 
@@ -154,19 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     index = read_layout(args.data)
     records = []
     for device in devices:
-        plan = cases(device, args.steps)
-        count = max((c.steps + 1) * c.batch_size for c in plan)
+        plan = cases(device, args.steps, args.models.split(","), args.batch_size)
+        count = max(c.steps * c.batch_size for c in plan)
         if count > len(index.train_paths):
             raise ValueError(f"the bench needs {count} tiles; {args.data} has {len(index.train_paths)}")
         sources, labels = index.train_paths[:count], torch.from_numpy(index.train_labels[:count])
         tiles, _, _ = decode_tiles(sources, desc="decoding bench tiles")
         for case in plan:
-            print(f"bench: {case.model} on {device}, batch {case.batch_size}, {case.steps} timed steps per path ...", flush=True)
-            record = measure(case, device, sources, labels, tiles)
+            print(f"bench: {case.model} on {device}, batch {case.batch_size}, {args.rounds} rounds of {case.steps} timed steps per path ...", flush=True)
+            record = measure(case, device, sources, labels, tiles, args.rounds)
             records.append(record)
             gpu = f", peak GPU {record['peak_gpu_mb']:.0f} MiB" if record["peak_gpu_mb"] is not None else ""
             print(f"  {record['device_name']}: (a) seed style {record['seed_style']:.1f} img/s, (b) workbook {record['workbook']:.1f} "
-                  f"({record['precision']}{', channels_last' if record['channels_last'] else ''}), (c) model only {record['model_only']:.1f}\n"
+                  f"({record['precision']}{', channels_last' if record['channels_last'] else ''}), (c) model only {record['model_only']:.1f} (medians of {args.rounds} rounds)\n"
                   f"  b/a = {record['workbook_vs_seed']:.2f}, b/c = {record['workbook_vs_limit']:.2f}; "
                   f"peak host {record['peak_host_mb']:.0f} MiB{gpu}", flush=True)  # fmt: skip
     out = os.path.abspath(args.out)

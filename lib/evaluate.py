@@ -16,6 +16,7 @@ from lib.config import RunConfig
 from lib.data import decode_tiles, load_tile_set, make_split, read_layout
 from lib.models import build_model
 from lib.paths import resolve
+from lib.speed import autocast, prepare_input, prepare_model, speed_settings
 from lib.train import load_checkpoint, predicted_labels, resolve_device, save_atomically
 
 SUBMISSION_HEADER = "# Id,Values"
@@ -55,7 +56,8 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
     model, checkpoint = load_trained_model(run_dir)
     config = json.loads((resolve(run_dir) / "config.json").read_text())
     torch_device = resolve_device(device)
-    model.to(torch_device)
+    settings = speed_settings(torch_device, "auto")  # channels_last (and bf16 on CUDA), as training ran
+    model, _ = prepare_model(model.to(torch_device), settings)
 
     index = read_layout(resolve(data_dir), config.get("positive_class", ""))
     if index.test_paths:
@@ -72,8 +74,9 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
                      "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []
     for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", unit="batch", file=sys.stderr):
-        batch = tiles[start : start + batch_size].to(torch_device).float().div_(255)
-        logits = model(batch).float()
+        batch = prepare_input(tiles[start : start + batch_size].to(torch_device).float().div_(255), settings)
+        with autocast(torch_device, settings):
+            logits = model(batch).float()
         predictions.append(predicted_labels(logits).cpu())
         scores.append(torch.softmax(logits[:, :2], dim=1)[:, 1].cpu())
     return TilePredictions(
