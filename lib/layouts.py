@@ -199,6 +199,10 @@ def _csv_header(path: Path) -> list[str]:
 
 def _read_csv_layout(csv_file: Path) -> TileIndex:
     base = csv_file.parent
+    missing_columns = {"path", "label"} - set(_csv_header(csv_file))
+    if missing_columns:
+        raise LayoutError(f"{csv_file}: its header names no {' or '.join(sorted(missing_columns))} column; "
+                          f"the csv layout needs {LAYOUTS['csv']}")  # fmt: skip
     with open(csv_file, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]

@@ -21,3 +21,25 @@ def test_scores_from_known_labels():
     assert metrics["accuracy"] == 0.75 and metrics["roc_auc"] == 1.0
     assert metrics["confusion_matrix"] == [[2, 1], [0, 1]]
     assert score_test_predictions(TilePredictions([1], np.array([0]), np.array([0.2]), None, "x", 0, "test")) is None
+
+
+def test_a_data_set_without_test_tiles_is_scored_on_the_validation_split_and_says_so(tmp_path):
+    from lib.config import run_config
+    from lib.evaluate import predict_test_tiles, save_evaluation
+    from lib.results import decode_test_tiles, load_evaluation, submission_head
+    from lib.train import fit
+    from tests.helpers import class_folders
+
+    root = class_folders(tmp_path / "classes", {"benign": 20, "tumour": 20})
+    config = run_config("baseline", profile="quick", data_dir=str(root), runs_dir=str(tmp_path / "runs"), model="small",
+                        tile_size=32, epochs=1, batch_size=4, subset=0, device="cpu", positive_class="tumour", cache_dir="")  # fmt: skip
+    fit(config)
+    result = predict_test_tiles(config.run_dir, root, device="cpu", batch_size=4)
+    assert result.scored_on.startswith("validation split of baseline (4 tiles)") and "optimistic" in result.scored_on
+    assert len(result.ids) == 4 and all(i.startswith(("benign/", "tumour/")) for i in result.ids)
+    assert result.labels.tolist() == [int(i.startswith("tumour/")) for i in result.ids]  # tumour is 1, as asked
+    save_evaluation(result, score_test_predictions(result), "baseline", tmp_path / "reports", root)
+    evaluation = load_evaluation(tmp_path / "reports")
+    assert evaluation["scored_on"] == result.scored_on and evaluation["positive_class"] == "tumour"
+    assert decode_test_tiles(evaluation, result.ids[:2]).shape == (2, 3, 256, 256)
+    assert submission_head(tmp_path / "reports").startswith("No submission file")

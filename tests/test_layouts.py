@@ -141,3 +141,9 @@ def test_system_files_are_ignored(tiny_data, tmp_path):
 def test_positive_class_is_refused_where_labels_come_from_a_file(tiny_data):
     with pytest.raises(LayoutError, match="positive_class='1' applies to class folders only.*course layout"):
         read_layout(tiny_data, positive_class="1")
+
+
+def test_a_csv_given_directly_must_name_its_columns(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,class\na.png,0\n")
+    with pytest.raises(LayoutError, match="labels.csv: its header names no label or path column"):
+        read_layout(tmp_path / "labels.csv")
