@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from lib.config import RunConfig
 from lib.data import FileTileDataset, TileBatches, load_tile_set, make_loader, make_split, original_augmentation, read_layout
-from lib.speed import SpeedSettings, autocast, describe, prepare_input, prepare_model, speed_settings
 from lib.environment import environment_record
 from lib.models import build_model
 from lib.paths import resolve
+from lib.speed import SpeedSettings, autocast, describe, prepare_input, prepare_model, speed_settings
 
 
 def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -195,7 +195,7 @@ def fit(config: RunConfig) -> RunResult:
         def files(rows, transform):
             return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform)
 
-        augment = original_augmentation(config.crop_size) if config.augment else None
+        augment = original_augmentation(crop) if crop else None
         train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)
         valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
