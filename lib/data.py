@@ -321,6 +321,15 @@ class FileTileDataset(Dataset):
         return tile.float().div_(255), self.labels[i]  # ToTensor
 
 
+def require_one_batch(n_tiles: int, batch_size: int, what: str) -> None:
+    """With drop_last, as the original, fewer tiles than one batch would give no batch at all."""
+    if n_tiles < batch_size:
+        raise ValueError(
+            f"the {what} set has {n_tiles} tiles, fewer than batch_size={batch_size}; with drop_last "
+            "(as the original) it would give no batch. Use a smaller batch_size or more tiles (subset)."
+        )
+
+
 class TileBatches:
     """The fast input path: batches cut from decoded uint8 tiles with one index operation, moved to
     the device as uint8 (a quarter of float's bytes), augmented there per image (lib/augment.py).
@@ -329,11 +338,7 @@ class TileBatches:
 
     def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
                  device: torch.device, crop_size: int | None, what: str):  # fmt: skip
-        if len(tiles) < batch_size:
-            raise ValueError(
-                f"the {what} set has {len(tiles)} tiles, fewer than batch_size={batch_size}; with drop_last "
-                "(as the original) it would give no batch. Use a smaller batch_size or more tiles (subset)."
-            )
+        require_one_batch(len(tiles), batch_size, what)
         self.batch_size, self.shuffle, self.device, self.crop_size = batch_size, shuffle, device, crop_size
         self.generator = torch.Generator().manual_seed(seed)  # the order's stream; saved and restored on resume
         self.labels = labels.to(device)
@@ -368,10 +373,6 @@ def _place(tiles: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, what: str, workers: int = 0) -> DataLoader:
     """A loader with the original's drop_last; fails by name when not one full batch fits."""
-    if len(dataset) < batch_size:
-        raise ValueError(
-            f"the {what} set has {len(dataset)} tiles, fewer than batch_size={batch_size}; with drop_last "
-            "(as the original) it would give no batch. Use a smaller batch_size or more tiles (subset)."
-        )
+    require_one_batch(len(dataset), batch_size, what)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, generator=generator, num_workers=workers)

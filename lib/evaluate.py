@@ -69,7 +69,7 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
         tile_set = load_tile_set(index, config.get("tile_size", 256), skip_bad_images=config.get("skip_bad_images", False), cache_dir=config.get("cache_dir") or None)
         split = make_split(tile_set, config.get("split", "random"), config["valid_fraction"], config["seed"], config["subset"])
         tiles, labels = tile_set.tiles[split.valid], tile_set.labels[split.valid].numpy()
-        ids = [str(tile_set.sources[i]).removeprefix(str(index.data_dir) + "/") for i in split.valid]
+        ids = [index.name_of(tile_set.sources[i]) for i in split.valid]
         scored_on = (f"validation split of {Path(run_dir).name} ({len(ids)} tiles): the {index.layout} layout has no test set. "
                      "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []

@@ -60,6 +60,10 @@ class TileIndex:
     label_rule: str  # how labels were read, in words, for the run's record
     ignored: list[str] = field(default_factory=list)  # system files passed over
 
+    def name_of(self, source: TileSource) -> str:
+        """A labelled tile's id where the layout has no test set: its path below data_dir."""
+        return str(source).removeprefix(str(self.data_dir) + "/")
+
     def describe(self) -> str:
         groups = f", {len(set(self.train_groups))} groups" if self.train_groups is not None else ""
         test = f", {len(self.test_paths)} test tiles" if self.test_paths else ", no test tiles"

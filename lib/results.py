@@ -97,7 +97,7 @@ def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
     if index.test_paths:
         by_id = dict(zip(index.test_ids, index.test_paths))
     else:
-        by_id = {str(p).removeprefix(str(index.data_dir) + "/"): p for p in index.train_paths}
+        by_id = {index.name_of(p): p for p in index.train_paths}
     tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], desc="decoding the tiles shown", cache_dir=None)
     return tiles
 
