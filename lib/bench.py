@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from lib.data import FileTileDataset, TileBatches, decode_tiles, original_augmentation, read_layout
 from lib.models import BaselineCNN, build_resnet50
 from lib.paths import DEFAULT_DATA_DIR, REPORTS_DIR
-from lib.speed import SpeedSettings, autocast, prepare_input, prepare_model, speed_settings
+from lib.speed import ORIGINAL, SpeedSettings, autocast, prepare_input, prepare_model, speed_settings
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,6 @@ def _peak_host_mb() -> float:
 
 def measure(case: Case, device: torch.device, sources, labels, tiles_uint8, rounds: int) -> dict:
     workbook_settings = speed_settings(device, "auto", compile_model=False)
-    seed_settings = SpeedSettings(precision="fp32", channels_last=False, compile=False)
     input_size = case.crop_size or tiles_uint8.shape[-1]
     needed = case.steps * case.batch_size
     record = {"model": case.model, "device": str(device), "device_name": _device_name(device),
@@ -120,7 +119,7 @@ def measure(case: Case, device: torch.device, sources, labels, tiles_uint8, roun
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
     record["seed_style_workers"] = workers
     paths = {
-        "seed_style": _Path(case.model, seed_settings, device, loader),
+        "seed_style": _Path(case.model, ORIGINAL, device, loader),
         # (b) workbook: uint8 tiles, batches augmented on the device.
         "workbook": _Path(case.model, workbook_settings, device,
                           TileBatches(tiles_uint8[:needed], labels[:needed], case.batch_size, True, 0, device, case.crop_size, "bench")),

@@ -107,7 +107,7 @@ def _decode_into(array: np.ndarray | None, sources: list[TileSource], size: int,
         try:
             tile, mode, shape = decode_tile(sources[i], size)
         except Exception as error:  # PIL raises several types; every one means "not a usable image"
-            return i, None, f"{type(error).__name__}: {error}" or type(error).__name__, "", ""
+            return i, None, f"{type(error).__name__}: {error}", "", ""
         return i, tile, "", mode, shape
 
     ok = np.zeros(len(sources), dtype=bool)

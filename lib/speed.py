@@ -18,6 +18,10 @@ class SpeedSettings:
     compile: bool  # torch.compile the model
 
 
+# The original's arithmetic: fp32, contiguous activations, no compilation.
+ORIGINAL = SpeedSettings(precision="fp32", channels_last=False, compile=False)
+
+
 def speed_settings(device: torch.device, precision: str = "auto", compile_model: bool = False) -> SpeedSettings:
     """`auto`: bf16 autocast on a CUDA GPU that supports it; fp32 on the CPU, where a CPU without
     AVX-512 bf16 (as the 2-core development machine) runs bf16 slower, not faster. channels_last

@@ -27,7 +27,7 @@ from lib.data import FileTileDataset, TileBatches, load_tile_set, make_loader, m
 from lib.environment import environment_record
 from lib.models import build_model
 from lib.paths import resolve
-from lib.speed import SpeedSettings, autocast, describe, prepare_input, prepare_model, speed_settings
+from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, prepare_input, prepare_model, speed_settings
 
 
 def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -61,10 +61,7 @@ def save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-FP32 = SpeedSettings(precision="fp32", channels_last=False, compile=False)
-
-
-def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = FP32) -> dict:
+def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = ORIGINAL) -> dict:
     """One pass over the training loader. Returns the original's metrics: the loss summed over
     batches, and the mean of batch accuracies."""
     model.train()
@@ -92,7 +89,7 @@ def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings = FP32) -> dict:
+def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings = ORIGINAL) -> dict:
     """Loss summed over batches and the mean batch accuracy, without augmentation or gradients."""
     model.eval()
     loss_sum, accuracy_sum = 0.0, 0.0
