@@ -16,7 +16,7 @@ from lib.config import RunConfig
 from lib.data import decode_tiles, load_tile_set, make_split, read_layout
 from lib.models import build_model
 from lib.paths import resolve
-from lib.speed import autocast, prepare_input, prepare_model, speed_settings
+from lib.speed import autocast, host_memory, prepare_input, prepare_model, speed_settings
 from lib.train import load_checkpoint, predicted_labels, resolve_device, save_atomically
 
 SUBMISSION_HEADER = "# Id,Values"
@@ -73,12 +73,13 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
         scored_on = (f"validation split of {Path(run_dir).name} ({len(ids)} tiles): the {index.layout} layout has no test set. "
                      "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []
-    for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", unit="batch", file=sys.stderr):
-        batch = prepare_input(tiles[start : start + batch_size].to(torch_device).float().div_(255), settings)
-        with autocast(torch_device, settings):
-            logits = model(batch).float()
-        predictions.append(predicted_labels(logits).cpu())
-        scores.append(torch.softmax(logits[:, :2], dim=1)[:, 1].cpu())
+    with host_memory(settings):
+        for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", unit="batch", file=sys.stderr):
+            batch = prepare_input(tiles[start : start + batch_size].to(torch_device).float().div_(255), settings)
+            with autocast(torch_device, settings):
+                logits = model(batch).float()
+            predictions.append(predicted_labels(logits).cpu())
+            scores.append(torch.softmax(logits[:, :2], dim=1)[:, 1].cpu())
     return TilePredictions(
         ids=list(ids),
         predictions=torch.cat(predictions).numpy(),

@@ -27,7 +27,7 @@ from lib.data import FileTileDataset, TileBatches, load_tile_set, make_loader, m
 from lib.environment import environment_record
 from lib.models import build_model
 from lib.paths import resolve
-from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, prepare_input, prepare_model, speed_settings
+from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, speed_settings
 
 
 def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -238,8 +238,9 @@ def fit(config: RunConfig) -> RunResult:
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
                       initial=start_epoch, total=config.epochs)  # fmt: skip
     for epoch in epochs_bar:
-        trained = train_one_epoch(step_model, train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
-        validated = evaluate(step_model, valid_loader, device, f"epoch {epoch} valid", settings)
+        with host_memory(settings):
+            trained = train_one_epoch(step_model, train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
+            validated = evaluate(step_model, valid_loader, device, f"epoch {epoch} valid", settings)
         if scheduler is not None:
             scheduler.step(validated["loss"])  # on the summed validation loss, as the original
         row = {
