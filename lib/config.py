@@ -52,6 +52,7 @@ class RunConfig:
     loader_workers: int = 0  # DataLoader processes for input_pipeline="original"
     seed: int = 0
     resume: bool = False  # continue from runs_dir/<run>/last.pt when it was written with this config
+    checkpoint_every_s: float = 60.0  # seconds: last.pt after the first epoch, then at most this often, and after the last; 0: every epoch
     profile: str = "full"  # the profile the registry values came from
     profile_reason: str = ""  # why that profile (for the run's record)
     notebook: str = ""
@@ -91,7 +92,7 @@ _TYPES = {
     "weights_path": (str, type(None)), "weights_strict": bool, "subset": int, "valid_fraction": float, "split": str,
     "data_dir": (str, Path), "positive_class": str, "skip_bad_images": bool, "cache_dir": (str, Path),
     "runs_dir": (str, Path), "device": str, "input_pipeline": str, "precision": str,
-    "compile": bool, "loader_workers": int, "seed": int, "resume": bool, "profile": str, "profile_reason": str,
+    "compile": bool, "loader_workers": int, "seed": int, "resume": bool, "checkpoint_every_s": (float, int), "profile": str, "profile_reason": str,
     "notebook": str, "order": int,
 }  # fmt: skip
 
@@ -143,3 +144,5 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter valid_fraction={config.valid_fraction} must lie strictly between 0 and 1")
     if config.lr <= 0:
         raise ValueError(f"parameter lr={config.lr} must be positive")
+    if config.checkpoint_every_s < 0:
+        raise ValueError(f"parameter checkpoint_every_s={config.checkpoint_every_s} must be 0 (every epoch) or more seconds")

@@ -2,7 +2,8 @@
 
 runs/<run>/ holds: config.json, history.json (one row per epoch, written as each ends),
 initial.pt (weights before training, for the filter figures), best.pt (the best validation state,
-model and optimizer, as the original kept), last.pt (everything needed to continue), result.json
+model and optimizer, as the original kept), last.pt (everything needed to continue; written after
+the first epoch, then at most every checkpoint_every_s seconds, and after the last), result.json
 (the summary the report reads) and tensorboard/ (the original's scalar tags).
 """
 
@@ -121,7 +122,7 @@ def _restore_random_state(state: dict, train_loader) -> None:
 
 
 # Config fields that may differ between an interrupted run and its resumption.
-_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device", "cache_dir"}
+_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device", "cache_dir", "checkpoint_every_s"}
 
 
 def _resume_state(config: RunConfig, run_dir: Path) -> dict | None:
@@ -235,6 +236,7 @@ def fit(config: RunConfig) -> RunResult:
     writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
     earlier = history[-1]["elapsed_s"] if history else 0.0
     start = time.perf_counter() - earlier
+    last_saved = -float("inf")  # the first completed epoch is always saved
     epochs_bar = tqdm(range(start_epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
                       initial=start_epoch, total=config.epochs)  # fmt: skip
     for epoch in epochs_bar:
@@ -265,12 +267,18 @@ def fit(config: RunConfig) -> RunResult:
                 run_dir / "best.pt",
             )
         # Everything needed to continue after this epoch as if never stopped, random state included.
-        save_atomically(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
-             "random": _random_state(train_loader)},
-            run_dir / "last.pt",
-        )  # fmt: skip
+        # A ResNet50's is 300 MB: on a GPU, where an epoch takes a second, writing it every epoch
+        # would cost more than training, so it is written at most every checkpoint_every_s (and
+        # after the first and the last epoch); a resumed run repeats the epochs since.
+        last_epoch = epoch == config.epochs - 1
+        if last_epoch or time.perf_counter() - last_saved >= config.checkpoint_every_s:
+            save_atomically(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
+                 "random": _random_state(train_loader)},
+                run_dir / "last.pt",
+            )  # fmt: skip
+            last_saved = time.perf_counter()
         save_atomically(history, run_dir / "history.json")
     writer.close()
     elapsed = time.perf_counter() - start

@@ -19,36 +19,53 @@ from tests.conftest import PROJECT_ROOT
 TINY = {"profile": "quick", "epochs": 3, "batch_size": 8, "subset": 0, "device": "cpu", "seed": 5}
 
 
-def _train_in_subprocess(data_dir, runs_dir) -> subprocess.Popen:
+def _train_in_subprocess(data_dir, runs_dir, **overrides) -> subprocess.Popen:
     code = (
         "from lib.config import run_config; from lib.train import fit; "
-        f"fit(run_config('baseline', data_dir={str(data_dir)!r}, runs_dir={str(runs_dir)!r}, **{TINY!r}))"
+        f"fit(run_config('baseline', data_dir={str(data_dir)!r}, runs_dir={str(runs_dir)!r}, **{TINY | overrides!r}))"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_killed_mid_epoch_then_resumed_ends_bit_for_bit(tiny_data, tmp_path):
+@pytest.mark.parametrize("completed, checkpoint_every_s, saved_epoch", [(1, 0, 0), (2, 3600, 0)])
+def test_killed_mid_epoch_then_resumed_ends_bit_for_bit(tiny_data, tmp_path, completed, checkpoint_every_s, saved_epoch):
+    """Killed after `completed` epochs; with an hour between checkpoints the second epoch was not
+    saved, so the resumed run repeats it and must still end where the uninterrupted run ends."""
     whole = fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path / "whole"), **TINY))
 
-    process = _train_in_subprocess(tiny_data, tmp_path / "killed")
-    history = tmp_path / "killed" / "baseline" / "history.json"
+    process = _train_in_subprocess(tiny_data, tmp_path / "killed", checkpoint_every_s=checkpoint_every_s)
+    run_dir = tmp_path / "killed" / "baseline"
+    history = run_dir / "history.json"
     deadline = time.time() + 240
-    while not (history.exists() and len(json.loads(history.read_text())) == 1):
-        assert process.poll() is None and time.time() < deadline, "the training process ended before its first epoch"
+    while not (history.exists() and len(json.loads(history.read_text())) == completed):
+        assert process.poll() is None and time.time() < deadline, f"the training process ended before epoch {completed}"
         time.sleep(0.05)
-    time.sleep(0.6)  # into the second epoch
+    time.sleep(0.6)  # into the next epoch
     assert process.poll() is None, "the run finished before it could be interrupted; make the test's epochs longer"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert len(json.loads(history.read_text())) == 1, "killed mid-epoch: only the first epoch is complete"
+    assert len(json.loads(history.read_text())) == completed, f"killed mid-epoch: {completed} epochs complete"
+    assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == saved_epoch
 
     resumed = fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path / "killed"), resume=True, **TINY))
     assert [r["epoch"] for r in resumed.history] == [0, 1, 2]
     for key in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
         assert [r[key] for r in resumed.history] == [r[key] for r in whole.history], key
     a = torch.load(tmp_path / "whole" / "baseline" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "killed" / "baseline" / "last.pt", weights_only=True)["model"]
+    b = torch.load(run_dir / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+
+
+@pytest.mark.parametrize("checkpoint_every_s, saved_epochs", [(0, [0, 1, 2]), (3600, [0, 2])])
+def test_last_checkpoint_after_the_first_epoch_then_at_most_every_interval_and_the_last(
+    tiny_data, tmp_path, monkeypatch, checkpoint_every_s, saved_epochs
+):
+    import lib.train
+
+    saved, save = [], lib.train.save_atomically
+    monkeypatch.setattr(lib.train, "save_atomically", lambda obj, path: (path.name == "last.pt" and saved.append(obj["epoch"]), save(obj, path)))
+    fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), checkpoint_every_s=checkpoint_every_s, **TINY))
+    assert saved == saved_epochs
 
 
 def test_resume_refuses_other_parameters(tiny_data, tmp_path):
