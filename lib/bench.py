@@ -1,10 +1,11 @@
 """`make bench`: training images per second, side by side in one process, for
 
-  (a) seed style: the original's loop, JPEG files decoded and PIL-transformed per image in a
-      DataLoader, fp32;
-  (b) workbook: decoded uint8 tiles, per-batch augmentation on the device, the run's precision;
-  (c) model only: random tensors already on the device, same model, precision and batch: the
-      limit any input path can reach;
+  (a) seed style: the original's input and arithmetic, JPEG files decoded and PIL-transformed per
+      image in a DataLoader, fp32, through the training loop (train_one_epoch);
+  (b) workbook: decoded uint8 tiles, per-batch augmentation on the device, the run's precision,
+      through the same training loop, progress bar, metrics and finiteness check included;
+  (c) model only: bare training steps on random tensors already on the device, same model,
+      precision and batch: the limit any input path and loop can reach;
 
 for the baseline CNN and ResNet50, on the CPU and on CUDA when present. Prints b/a and b/c, peak
 memory and the device; writes reports/bench.json. Measured, never asserted: these machines are shared.
@@ -15,6 +16,7 @@ memory and the device; writes reports/bench.json. Measured, never asserted: thes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -30,6 +32,7 @@ from lib.data import FileTileDataset, TileBatches, decode_tiles, original_augmen
 from lib.models import BaselineCNN, build_resnet50
 from lib.paths import DEFAULT_DATA_DIR, REPORTS_DIR
 from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, speed_settings
+from lib.train import train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,14 @@ def _model(name: str, settings: SpeedSettings, device: torch.device) -> torch.nn
 
 
 class _Path:
-    """One way of training: a model, its optimizer and an endless source of batches."""
+    """One way of training: a model, its optimizer, an endless source of batches, and either the
+    workbook's own training loop (train_one_epoch: progress bar, metrics, finiteness check) or,
+    for the model-only limit, bare steps."""
 
-    def __init__(self, model_name: str, settings: SpeedSettings, device: torch.device, batches):
+    def __init__(self, model_name: str, settings: SpeedSettings, device: torch.device, batches, bare_steps: bool = False):
         self.model = _model(model_name, settings, device)
         self.optimizer = torch.optim.Adam(self.model.parameters())
-        self.settings, self.device, self.batches = settings, device, _forever(batches)
+        self.settings, self.device, self.batches, self.bare_steps = settings, device, _forever(batches), bare_steps
 
     def steps(self, count: int) -> float:
         """Images per second over `count` training steps, after one untimed step."""
@@ -72,28 +77,41 @@ class _Path:
         # the clock too, so the seed-style path measured next runs under the C library's usual
         # memory handling, as the original did.
         with host_memory(self.settings):
-            self._step()
-            self._sync()
+            self._train(1)
             start = time.perf_counter()
-            images = sum(self._step() for _ in range(count))
-            self._sync()
+            images = self._train(count)
             seconds = time.perf_counter() - start
         return images / seconds
 
-    def _step(self) -> int:
-        device = self.device
-        tiles, labels = next(self.batches)
-        tiles, labels = prepare_input(tiles.to(device, non_blocking=True), self.settings), labels.to(device, non_blocking=True)
-        with autocast(device, self.settings):
-            loss = F.cross_entropy(self.model(tiles).float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return len(labels)
-
-    def _sync(self) -> None:
+    def _train(self, count: int) -> int:
+        """Train `count` steps and wait for the device to finish them; returns the images used."""
+        if not self.bare_steps:
+            return train_one_epoch(self.model, _Take(self.batches, count), self.optimizer, self.device, "bench", settings=self.settings)["images"]
+        images = 0
+        for _ in range(count):
+            tiles, labels = next(self.batches)
+            with autocast(self.device, self.settings):
+                loss = F.cross_entropy(self.model(tiles).float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            images += len(labels)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return images
+
+
+class _Take:
+    """The next `count` batches of an endless source, as a loader of known length."""
+
+    def __init__(self, batches, count: int):
+        self.batches, self.count = batches, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return itertools.islice(self.batches, self.count)
 
 
 def _forever(batches):
@@ -101,8 +119,8 @@ def _forever(batches):
         yield from batches
 
 
-def _random_batches(batch: int, size: int, device: torch.device):
-    tiles = torch.rand(batch, 3, size, size, device=device)
+def _random_batches(batch: int, size: int, device: torch.device, settings: SpeedSettings):
+    tiles = prepare_input(torch.rand(batch, 3, size, size, device=device), settings)
     labels = torch.randint(0, 2, (batch,), device=device)
     while True:
         yield tiles, labels
@@ -137,7 +155,8 @@ def measure(case: Case, device: torch.device, sources, labels, tiles_uint8, roun
         "workbook": _Path(case.model, workbook_settings, device,
                           TileBatches(tiles_uint8[:needed], labels[:needed], case.batch_size, True, 0, device, case.crop_size, "bench")),
         # (c) the model alone on ready tensors: the ceiling for (b).
-        "model_only": _Path(case.model, workbook_settings, device, _random_batches(case.batch_size, input_size, device)),
+        "model_only": _Path(case.model, workbook_settings, device, _random_batches(case.batch_size, input_size, device, workbook_settings),
+                            bare_steps=True),
     }  # fmt: skip
     # Rounds taken in turn and their median kept, so that a slow spell of a shared machine lands on
     # every path alike rather than on whichever ran during it.

@@ -62,45 +62,65 @@ def save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = ORIGINAL) -> dict:
+def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = ORIGINAL,
+                    check_lag: int | None = None) -> dict:  # fmt: skip
     """One pass over the training loader. Returns the original's metrics: the loss summed over
     batches, and the mean of batch accuracies."""
     model.train()
-    loss_sum, accuracy_sum, images = 0.0, 0.0, 0
+    # Metrics stay on the device and are read once per epoch: reading a GPU value (.item()) waits
+    # for every queued kernel, and with data already on the GPU that wait would idle it each batch
+    # while the next step is launched. The finiteness check reads the loss of `check_lag` batches
+    # ago (2 on CUDA), whose work is done by then; on the CPU nothing is queued, so it reads the
+    # current one, before the optimizer step.
+    lag = check_lag if check_lag is not None else (2 if device.type == "cuda" else 0)
+    losses, accuracies, images = [], [], 0
     start = time.perf_counter()
     for batch, (tiles, labels) in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr)):
         tiles, labels = prepare_input(tiles.to(device, non_blocking=True), settings), labels.to(device, non_blocking=True)
         with autocast(device, settings):
             logits = model(tiles)
         loss = F.cross_entropy(logits.float(), labels)
-        if not torch.isfinite(loss):
-            # Stop before the optimizer step spreads it into the weights; last.pt still holds the
-            # last completed epoch.
-            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch}, batch {batch}; "
-                                     "training stopped, and the last good checkpoint (last.pt, once an epoch has completed) is kept")  # fmt: skip
+        losses.append(loss.detach())
+        accuracies.append((predicted_labels(logits) == labels).float().mean())
+        if batch >= lag:
+            _stop_unless_finite(losses, batch - lag, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # .item() is a device sync point; once a batch is cheap next to a ResNet50 step.
-        loss_sum += loss.item()
-        accuracy_sum += (predicted_labels(logits) == labels).float().mean().item()
         images += len(labels)
-    seconds = time.perf_counter() - start
-    return {"loss": loss_sum, "accuracy": accuracy_sum / len(loader), "images": images, "seconds": seconds}
+    for batch in range(max(0, len(losses) - lag), len(losses)):
+        _stop_unless_finite(losses, batch, epoch)
+    loss_sum, accuracy_sum = _sums(losses, accuracies)
+    seconds = time.perf_counter() - start  # after reading the sums: the device has finished the epoch
+    return {"loss": loss_sum, "accuracy": accuracy_sum / len(accuracies), "images": images, "seconds": seconds}
+
+
+def _stop_unless_finite(losses: list[torch.Tensor], batch: int, epoch: int) -> None:
+    if not torch.isfinite(losses[batch]):
+        # Stop before more optimizer steps spread it through the weights (on the CPU, before any);
+        # the checkpoints on disk are older and stay as they are.
+        raise FloatingPointError(f"the training loss became {losses[batch].item()} at epoch {epoch}, batch {batch}; "
+                                 "training stopped, and the last good checkpoint (last.pt, once an epoch has completed) is kept")  # fmt: skip
+
+
+def _sums(losses: list[torch.Tensor], accuracies: list[torch.Tensor]) -> tuple[float, float]:
+    """The per-batch values summed in float64, as Python's float sum of their .item()s would."""
+    return torch.stack(losses).double().sum().item(), torch.stack(accuracies).double().sum().item()
 
 
 @torch.inference_mode()
 def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings = ORIGINAL) -> dict:
     """Loss summed over batches and the mean batch accuracy, without augmentation or gradients."""
     model.eval()
-    loss_sum, accuracy_sum = 0.0, 0.0
+    losses, accuracies = [], []
     for tiles, labels in tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr):
         tiles, labels = prepare_input(tiles.to(device), settings), labels.to(device)
         with autocast(device, settings):
             logits = model(tiles).float()
-        loss_sum += F.cross_entropy(logits, labels).item()
-        accuracy_sum += (predicted_labels(logits) == labels).float().mean().item()
-    return {"loss": loss_sum, "accuracy": accuracy_sum / len(loader)}
+        losses.append(F.cross_entropy(logits, labels))
+        accuracies.append((predicted_labels(logits) == labels).float().mean())
+    loss_sum, accuracy_sum = _sums(losses, accuracies)
+    return {"loss": loss_sum, "accuracy": accuracy_sum / len(accuracies)}
 
 
 def _random_state(train_loader) -> dict:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lib.config import run_config
 from lib.data import decode_tiles, read_layout
 from lib.models import BaselineCNN
-from lib.train import fit, load_result, log_line, predicted_labels
+from lib.train import fit, load_result, log_line, predicted_labels, train_one_epoch
 
 
 def test_a_few_steps_lower_the_loss(tiny_data):
@@ -82,3 +82,42 @@ def test_both_input_paths_and_both_precisions_train_and_say_which(tiny_data, tmp
 
 def fit_history(runs_dir):
     return json.loads((runs_dir / "resnet50-10ep" / "history.json").read_text())
+
+
+@pytest.mark.parametrize("check_lag", [0, 2])
+@pytest.mark.parametrize("bad_batch", [3, 5])
+def test_a_non_finite_loss_is_named_by_its_own_batch_whatever_the_check_lag(check_lag, bad_batch):
+    """With a lag (CUDA), the check reads an older loss; it must still name the first bad batch,
+    also when that is the epoch's last (found after the loop)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(6)]
+    batches[bad_batch][0][0, 0, 0, 0] = float("nan")
+    optimizer = torch.optim.Adam(model.parameters())
+    with pytest.raises(FloatingPointError, match=f"at epoch 7, batch {bad_batch};"):
+        train_one_epoch(model, batches, optimizer, torch.device("cpu"), epoch=7, check_lag=check_lag)
+    steps_taken = int(optimizer.state[model[1].weight]["step"]) if optimizer.state else 0
+    assert steps_taken == (bad_batch if check_lag == 0 else min(bad_batch + check_lag, 6))
+    if check_lag == 0:
+        assert torch.isfinite(model[1].weight).all(), "on the CPU the bad batch's step is never taken"
+
+
+def test_epoch_metrics_are_the_originals_sums_and_means():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(5)]
+    reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    reference.load_state_dict(model.state_dict())
+    metrics = train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), check_lag=2)
+    optimizer, losses, accuracies = torch.optim.SGD(reference.parameters(), lr=0.1), [], []
+    for tiles, labels in batches:  # the original's loop, .item() per batch
+        logits = reference(tiles)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        accuracies.append((logits.argmax(1) == labels).float().mean().item())
+    assert metrics["loss"] == pytest.approx(sum(losses), rel=1e-12)
+    assert metrics["accuracy"] == pytest.approx(sum(accuracies) / 5, rel=1e-12)
+    assert metrics["images"] == 20
