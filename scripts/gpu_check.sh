@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Issue #4's GPU check in one device call: `make bench` on CUDA, then the full-profile `make run-all`
+# (papermill and evaluation included), each timed, their logs and figures written to $OUT as they
+# come (so a call cut short still returns what finished). See ../shared/device/README.md.
+#
+#   here, once:          ../shared/device/wheels.sh            # papermill, nbconvert, ipykernel -> .whl/
+#   on the device:       bash scripts/gpu_check.sh             # the device tool's run, carry [".whl"]
+#   rehearse on a CPU:   OUT=/tmp/gpu-check PYTHON=.venv/bin/python GPU_CHECK_REHEARSAL=1 bash scripts/gpu_check.sh
+#
+# The device machine has no venv: its python3 has torch; the wheels add what the notebooks need,
+# and the notebooks' kernel is registered in a temporary prefix. Data is generated there (16 cores
+# make it quick; the JPEGs exceed what a call carries).
+set -euo pipefail
+OUT=${OUT:?"set OUT to a folder for the results (the device tool sets it)"}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if [[ -n ${GPU_CHECK_REHEARSAL:-} ]]; then
+  bench_args=(--devices cpu --models baseline --steps 1 --rounds 1)
+  run_args=(--profile quick --device cpu)
+else
+  bench_args=(--devices cuda)
+  run_args=(--profile full --device cuda)
+fi
+
+site=$(mktemp -d)
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+fi
+export PYTHONPATH="$site:$PWD" JUPYTER_PATH="$site/share/jupyter"
+"$PY" -m ipykernel install --prefix "$site" --name histo-workbook >/dev/null
+
+# Progress bars are redrawn with carriage returns; the logs keep one line per finished bar.
+plain() { tr '\r' '\n' | grep -v -E '(it/s|s/it|batch/s|tile/s)\]?$' || true; }
+
+{
+  "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+    torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")'
+  nproc
+  nvidia-smi -L 2>/dev/null || true
+} > "$OUT/device.txt" 2>&1
+
+start=$SECONDS
+"$PY" -c 'from lib.paths import DEFAULT_DATA_DIR; from lib.synthetic import ensure_default; ensure_default(DEFAULT_DATA_DIR)' 2>&1 | plain > "$OUT/data.log"
+echo "data generated in $((SECONDS - start)) s" >> "$OUT/data.log"
+
+start=$SECONDS
+"$PY" -m lib.bench "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log"
+echo "bench finished in $((SECONDS - start)) s" >> "$OUT/bench.log"
+
+start=$SECONDS
+status=0
+"$PY" -m lib.pipeline run-all "${run_args[@]}" 2>&1 | plain > "$OUT/run_all.log" || status=$?
+echo "run-all exited $status after $((SECONDS - start)) s (data already generated)" >> "$OUT/run_all.log"
+
+"$PY" - "$OUT/summary.json" <<'EOF'
+"""The figures the closing note needs, from each run's result.json and the evaluation."""
+import json, sys
+from pathlib import Path
+
+summary = {}
+for result in sorted(Path("runs").glob("*/result.json")):
+    r = json.loads(result.read_text())
+    summary[r["run"]] = {k: r.get(k) for k in ("epochs", "n_train", "n_valid", "elapsed_s", "train_images_per_s", "final_valid_accuracy",
+                                                "best_valid_accuracy", "best_epoch", "speed_settings", "input_path", "profile")}
+evaluation = Path("reports/evaluation.json")
+if evaluation.is_file():
+    summary["evaluation"] = json.loads(evaluation.read_text()).get("metrics")
+Path(sys.argv[1]).write_text(json.dumps(summary, indent=2))
+EOF
+tail -n 3 "$OUT/run_all.log"
+exit $status
