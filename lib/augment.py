@@ -46,19 +46,21 @@ def sampling_grid(params: AugmentParams, height: int, width: int, crop: int, dev
     batch = len(params.degrees)
     ys, xs = torch.meshgrid(torch.arange(crop, device=device, dtype=torch.float32),
                             torch.arange(crop, device=device, dtype=torch.float32), indexing="ij")  # fmt: skip
-    top = params.top.to(device, torch.float32).view(batch, 1, 1)
-    left = params.left.to(device, torch.float32).view(batch, 1, 1)
+    # The draws travel to the device as one tensor (offsets are exact in float32); to a GPU from
+    # pinned memory, so the copy does not wait for the work already queued there.
+    packed = torch.stack([params.degrees, params.hflip, params.vflip, params.top, params.left]).to(torch.float32)
+    if torch.device(device).type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    degrees, hflip, vflip, top, left = packed.to(device).view(5, batch, 1, 1)
     # Crop: a pixel of the output is this pixel of the flipped, rotated tile.
     x = xs + left
     y = ys + top
     # Flips: undo them to find the pixel of the rotated tile.
-    hflip = params.hflip.to(device).view(batch, 1, 1)
-    vflip = params.vflip.to(device).view(batch, 1, 1)
-    x = torch.where(hflip, (width - 1) - x, x)
-    y = torch.where(vflip, (height - 1) - y, y)
+    x = torch.where(hflip.bool(), (width - 1) - x, x)
+    y = torch.where(vflip.bool(), (height - 1) - y, y)
     # Rotation about the centre: the source of each rotated pixel, by the inverse rotation.
     cx, cy = (width - 1) / 2, (height - 1) / 2
-    theta = params.degrees.to(device, torch.float32).mul(math.pi / 180).view(batch, 1, 1)
+    theta = degrees.mul(math.pi / 180)
     cos, sin = torch.cos(theta), torch.sin(theta)
     dx, dy = x - cx, y - cy
     # Counter-clockwise on screen (y pointing down) has this inverse.

@@ -351,13 +351,21 @@ class TileBatches:
         n = len(self)
         order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else torch.arange(len(self.labels))
         order = order[: n * self.batch_size].view(n, self.batch_size)
-        for rows in order:
-            tiles = self.tiles[rows.to(self.tiles.device)].to(self.device, non_blocking=True)
+        # The epoch's order goes to the device in one copy: a copy per batch from ordinary host
+        # memory would make the host wait for the GPU's queue to drain, every batch.
+        order_on_device = order.to(self.device)
+        order_for_tiles = order_on_device if self.tiles.device == order_on_device.device else order
+        for batch in range(n):
+            tiles = self.tiles[order_for_tiles[batch]]
+            if tiles.device != self.device:
+                # Streamed from host memory: the gathered batch is pinned so its copy runs beside
+                # the GPU's work instead of waiting for it.
+                tiles = tiles.pin_memory().to(self.device, non_blocking=True)
             if self.crop_size is not None:
                 images = augment_batch(tiles, self.crop_size)
             else:
                 images = tiles.float().div_(255)
-            yield images, self.labels[rows.to(self.device)]
+            yield images, self.labels[order_on_device[batch]]
 
 
 def _place(tiles: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str]:
