@@ -50,8 +50,8 @@ def sampling_grid(params: AugmentParams, height: int, width: int, crop: int, dev
     # pinned memory, so the copy does not wait for the work already queued there.
     packed = torch.stack([params.degrees, params.hflip, params.vflip, params.top, params.left]).to(torch.float32)
     if torch.device(device).type == "cuda":
-        packed = packed.pin_memory().to(device, non_blocking=True)
-    degrees, hflip, vflip, top, left = packed.to(device).view(5, batch, 1, 1)
+        packed = packed.pin_memory()
+    degrees, hflip, vflip, top, left = packed.to(device, non_blocking=True).view(5, batch, 1, 1)
     # Crop: a pixel of the output is this pixel of the flipped, rotated tile.
     x = xs + left
     y = ys + top
