@@ -333,7 +333,8 @@ def require_one_batch(n_tiles: int, batch_size: int, what: str) -> None:
 class TileBatches:
     """The fast input path: batches cut from decoded uint8 tiles with one index operation, moved to
     the device as uint8 (a quarter of float's bytes), augmented there per image (lib/augment.py).
-    Tiles stay on the GPU when they fit; otherwise they wait in pinned host memory and stream in.
+    Tiles stay on the GPU when they fit; otherwise they wait in host memory and each batch, once
+    gathered, is pinned and streamed in.
     Like the original's loader: reshuffled each epoch (seeded), the last partial batch dropped."""
 
     def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
@@ -370,13 +371,14 @@ class TileBatches:
 
 def _place(tiles: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str]:
     """The tiles on `device` when it is a GPU with room to spare (half its free memory), else in
-    pinned host memory for fast copies; on the CPU, where they are."""
+    host memory (each gathered batch is pinned on its way, see __iter__; pinning the whole set would
+    not help, as gathering rows copies them into ordinary memory); on the CPU, where they are."""
     if device.type != "cuda":
         return tiles, "host memory"
     free, _ = torch.cuda.mem_get_info(device)
     if tiles.numel() < free // 2:
         return tiles.to(device), f"GPU memory ({tiles.numel() / 2**30:.2f} GiB of uint8 tiles)"
-    return tiles.pin_memory(), f"pinned host memory, streamed per batch ({tiles.numel() / 2**30:.2f} GiB would not fit beside the model)"
+    return tiles, f"host memory, streamed per batch through pinned copies ({tiles.numel() / 2**30:.2f} GiB would not fit beside the model)"
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, what: str, workers: int = 0) -> DataLoader:

@@ -84,14 +84,19 @@ def fit_history(runs_dir):
     return json.loads((runs_dir / "resnet50-10ep" / "history.json").read_text())
 
 
+def _linear_model_and_batches(count: int):
+    """A seeded linear classifier and `count` batches of four 3x2x2 tiles: a loop test in milliseconds."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    return model, [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(count)]
+
+
 @pytest.mark.parametrize("check_lag", [0, 2])
 @pytest.mark.parametrize("bad_batch", [3, 5])
 def test_a_non_finite_loss_is_named_by_its_own_batch_whatever_the_check_lag(check_lag, bad_batch):
     """With a lag (CUDA), the check reads an older loss; it must still name the first bad batch,
     also when that is the epoch's last (found after the loop)."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
-    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(6)]
+    model, batches = _linear_model_and_batches(6)
     batches[bad_batch][0][0, 0, 0, 0] = float("nan")
     optimizer = torch.optim.Adam(model.parameters())
     with pytest.raises(FloatingPointError, match=f"at epoch 7, batch {bad_batch};"):
@@ -103,9 +108,7 @@ def test_a_non_finite_loss_is_named_by_its_own_batch_whatever_the_check_lag(chec
 
 
 def test_epoch_metrics_are_the_originals_sums_and_means():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
-    batches = [(torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 0, 1])) for _ in range(5)]
+    model, batches = _linear_model_and_batches(5)
     reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     reference.load_state_dict(model.state_dict())
     metrics = train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), torch.device("cpu"), check_lag=2)
