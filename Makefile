@@ -3,27 +3,21 @@
 #   make report            everything: data, the four runs, evaluation, reports/report.html
 #   make test              the tests
 #   make bench             images/s of the original's input loop, the workbook's, and the model alone
-# Variables: PROFILE=auto|full|quick, DATA=<data dir or path,label CSV>, DEVICE=auto|cpu|cuda,
-#   SPLIT=auto|random|grouped, POSITIVE_CLASS=<class folder labelled 1>, SKIP_BAD_IMAGES=1,
-#   PRECISION=auto|fp32|bf16, COMPILE=1, INPUT_PIPELINE=tensor|original
+#   make weights           download ResNet50's ImageNet weights into the torch cache (the only download)
+# Run parameters: any RunConfig field (lib/config.py) in upper case, e.g. `make run-all EPOCHS=3
+# TILE_SIZE=96`, or several at once with SET="epochs=3 tile_size=96"; DATA=<data dir or CSV> and
+# WEIGHTS=<file.pth> are shortcuts for data_dir and weights_path; RUNS=baseline,resnet50-10ep runs a
+# subset. lib/pipeline.py reads them from make's command line (MAKEFLAGS), so nothing here names a
+# parameter, and a name that is no parameter fails there.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 KERNEL := histo-workbook
-PROFILE ?= auto
-DATA ?= data/synthetic
-DEVICE ?= auto
 PORT ?= 8888
-SPLIT ?=
-POSITIVE_CLASS ?=
-SKIP_BAD_IMAGES ?=
-PRECISION ?=
-COMPILE ?=
-INPUT_PIPELINE ?=
 PIPELINE := $(PY) -m lib.pipeline
 
-.PHONY: all run-all report lab tensorboard bench test clean distclean venv
+.PHONY: all run-all report lab tensorboard bench test weights clean distclean venv
 
 all: report
 
@@ -38,13 +32,13 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 run-all: venv
-	$(PIPELINE) run-all --profile $(PROFILE) --data "$(abspath $(DATA))" --device $(DEVICE) \
-		$(if $(SPLIT),--split $(SPLIT)) $(if $(POSITIVE_CLASS),--positive-class "$(POSITIVE_CLASS)") \
-		$(if $(SKIP_BAD_IMAGES),--skip-bad-images) $(if $(PRECISION),--precision $(PRECISION)) \
-		$(if $(COMPILE),--compile) $(if $(INPUT_PIPELINE),--input-pipeline $(INPUT_PIPELINE))
+	$(PIPELINE) run-all --from-make
 
 report: run-all
-	$(PIPELINE) report
+	$(PIPELINE) report --from-make
+
+weights: venv
+	$(PY) -m lib.weights download
 
 lab: venv
 	$(PY) -m lib.lab --port $(PORT)

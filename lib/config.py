@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
+import inspect
+import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,51 +22,59 @@ INPUT_PIPELINES = ("tensor", "original")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Everything one training run needs. Units in the comments."""
+    """Everything one training run takes: the one declaration of the workbook's run parameters.
 
-    run: str  # the registry's name of the run; also its folder under runs_dir
-    title: str
-    model: str  # "baseline" or "resnet50" (the original's), or "small" (a fast CNN for quick checks)
-    epochs: int
-    batch_size: int  # tiles per optimizer step; validation uses the same size with drop_last
-    augment: bool  # the original's rotation, flips and random crop on training tiles
-    scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
-    lr: float = 1e-3  # Adam's learning rate
-    crop_size: int = 200  # pixels; only with augment
+    Each field below is settable (except IDENTITY_FIELDS) from a run notebook's parameters cell,
+    papermill (-p/-r/-y), `make run-all NAME=value` or `SET="name=value ..."`, and the pipeline's
+    command line; its type here is the one every value is converted to and checked against, and its
+    comment (meaning, unit) is what the notebooks' generated parameters cells show."""
+
+    # The data
+    data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file (relative: from the project root)
+    positive_class: str = ""  # class-folder data sets: the folder labelled 1 (empty: the second alphabetically, stated)
+    skip_bad_images: bool = False  # True: leave out unreadable image files (counted in the record) instead of stopping
+    subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
+    valid_fraction: float = 0.1  # share of the labelled tiles that validate (0 < f < 1)
+    split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"
     tile_size: int = 256  # pixels: every tile is brought to tile_size x tile_size (the baseline needs 256)
+    cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time
+    # The run
+    profile: str = "auto"  # "auto" (full with CUDA, quick without), "full" or "quick"; the config records the one used
+    epochs: int  # passes over the training tiles
+    batch_size: int  # tiles per optimizer step; validation uses the same size with drop_last
+    lr: float = 1e-3  # Adam's learning rate
+    scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
+    augment: bool  # the original's rotation, flips and random crop on training tiles
+    crop_size: int = 200  # pixels; the random crop when augmenting
+    seed: int = 0  # every random draw (split, order, augmentation, initial weights) follows it
+    # The network
+    model: str  # "baseline" or "resnet50" (the original's), or "small" (a fast CNN for quick checks)
     head: str = "imagenet1000"  # ResNet50: the original's kept 1000-way head, or "binary" (2-way)
     weights: str = "imagenet"  # ResNet50: "imagenet" when found offline (else from scratch, said so), or "none"
-    weights_path: str | None = None  # a ResNet50 ImageNet state-dict file to use instead of the torch cache
+    weights_path: str | None = None  # a ResNet50 state-dict file (.pth) to start from instead of the torch cache's ImageNet file
     weights_strict: bool = False  # True: fail when the ImageNet weights are not found, instead of training from scratch
-    subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
-    valid_fraction: float = 0.1
-    split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"
-    data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file
-    positive_class: str = ""  # class-folder data sets: the folder labelled 1 ("" = the second alphabetically, stated)
-    skip_bad_images: bool = False  # leave out unreadable image files (counted in the record) instead of stopping
-    cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time
-    runs_dir: str = str(RUNS_DIR)
+    # Where and how fast
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
-    input_pipeline: str = "tensor"  # "tensor": decoded tiles, batches augmented on the device; "original": files + PIL per image
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on the CPU), "fp32" or "bf16"
-    compile: bool = False  # torch.compile the model (minutes of compiling; pays off on long GPU runs)
-    loader_workers: int = 0  # DataLoader processes for input_pipeline="original"
-    seed: int = 0
-    resume: bool = False  # continue from runs_dir/<run>/last.pt when it was written with this config
+    compile: bool = False  # True: torch.compile the model (minutes of compiling; pays off on long GPU runs)
+    input_pipeline: str = "tensor"  # "tensor": decoded tiles, batches augmented on the device; "original": files + PIL per image
+    loader_workers: int = 0  # DataLoader processes for the "original" input pipeline
+    # Its folder
+    runs_dir: str = str(RUNS_DIR)  # where runs/<run>/ is written (relative: from the project root)
+    resume: bool = False  # True: continue from runs_dir/<run>/last.pt when it was written with this config
     checkpoint_every_s: float = 60.0  # seconds: last.pt after the first epoch, then at most this often, and after the last; 0: every epoch
-    profile: str = "full"  # the profile the registry values came from
+    title: str  # the run's heading in its notebook and the report
+    # Its identity: set by the registry and run_config, never by a user
+    run: str  # the registry's name of the run; also its folder under runs_dir
+    notebook: str = ""  # the run's notebook in notebooks/
+    order: int = 0  # its place in the original's sequence
     profile_reason: str = ""  # why that profile (for the run's record)
-    notebook: str = ""
-    order: int = 0
 
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.run
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
 
 
 def resolve_profile(profile: str) -> tuple[str, str]:
@@ -77,42 +88,124 @@ def resolve_profile(profile: str) -> tuple[str, str]:
     return "quick", "profile 'auto' chose 'quick': no CUDA device, so the CPU-sized subset and epochs are used"
 
 
-def _check_type(name: str, value, expected_type) -> None:
-    allowed = expected_type if isinstance(expected_type, tuple) else (expected_type,)
-    # bool is an int in Python, but epochs=True is a mistake, not a number.
-    if isinstance(value, bool) and bool not in allowed:
-        raise TypeError(f"parameter {name}={value!r} should be {expected_type}, not a bool")
-    if not isinstance(value, allowed):
-        raise TypeError(f"parameter {name}={value!r} should be of type {' or '.join(t.__name__ for t in allowed)}")
+class ParameterError(ValueError):
+    """A parameter name the workbook does not know; the message names the accepted ones."""
 
 
-_TYPES = {
-    "run": str, "title": str, "model": str, "epochs": int, "batch_size": int, "augment": bool,
-    "scheduler": str, "lr": (float, int), "crop_size": int, "tile_size": int, "head": str, "weights": str,
-    "weights_path": (str, type(None)), "weights_strict": bool, "subset": int, "valid_fraction": float, "split": str,
-    "data_dir": (str, Path), "positive_class": str, "skip_bad_images": bool, "cache_dir": (str, Path),
-    "runs_dir": (str, Path), "device": str, "input_pipeline": str, "precision": str,
-    "compile": bool, "loader_workers": int, "seed": int, "resume": bool, "checkpoint_every_s": (float, int), "profile": str, "profile_reason": str,
-    "notebook": str, "order": int,
-}  # fmt: skip
+# Fields a run's identity fixes (the registry's entry and run_config set them); every other field
+# is a parameter a user may set.
+IDENTITY_FIELDS = ("run", "notebook", "order", "profile_reason")
+TRUE_TEXTS, FALSE_TEXTS = ("true", "1", "yes"), ("false", "0", "no")
 
 
-def run_config(run: str, profile: str = "auto", **overrides) -> RunConfig:
-    """The config of a registry run in a profile; `overrides` (None meaning "the registry's value")
-    come from a notebook's parameters cell. Unknown names and wrong types fail here, by name."""
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(overrides) - fields)
+@functools.cache
+def field_types() -> dict[str, object]:
+    """Each RunConfig field's declared type (str, int, float, bool or str | None), read from the
+    dataclass itself: the one table every conversion and check uses."""
+    return typing.get_type_hints(RunConfig)
+
+
+@functools.cache
+def field_comments() -> dict[str, str]:
+    """Each field's comment in the declaration above (its meaning and unit), for the notebooks'
+    generated parameters cells."""
+    comments = {}
+    for line in inspect.getsource(RunConfig).splitlines():
+        match = re.match(r"\s+(\w+): [^=#]+(?:=[^#]*)?(?:#\s*(.*))?$", line)
+        if match and match.group(1) in field_types():
+            comments[match.group(1)] = (match.group(2) or "").strip()
+    return comments
+
+
+def settable_fields() -> list[str]:
+    """The RunConfig fields a user may set, in declaration order."""
+    return [f.name for f in dataclasses.fields(RunConfig) if f.name not in IDENTITY_FIELDS]
+
+
+def _type_name(kind) -> str:
+    return " or ".join(getattr(t, "__name__", str(t)) for t in typing.get_args(kind)) if typing.get_args(kind) else kind.__name__
+
+
+def convert(name: str, value):
+    """`value` as field `name`'s declared type. Text (from make, `papermill -r`, or a CLI) is
+    converted by the type: "3" for an int, "true"/"false"/"1"/"0" for a bool, "None" or "" for an
+    optional field. Typed values are taken only where nothing is lost: an int for a float, any
+    number for a str (papermill's `-p positive_class 1` arrives as the int 1 and means "1"); a float
+    for an int (`-p epochs 3.0`) is refused.
+
+    Raises ParameterError for a name that is no settable field (naming the accepted ones) and TypeError
+    for a value its type cannot take (naming the field and its type)."""
+    types = field_types()
+    if name not in types or name in IDENTITY_FIELDS:
+        raise ParameterError(unknown_names_message([name]))
+    kind = types[name]
+    optional = type(None) in typing.get_args(kind)
+    base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+    refused = TypeError(f"parameter {name}={value!r} should be {_type_name(kind)}"
+                        + (" (a whole number)" if base is int else "") + f", not {type(value).__name__}")  # fmt: skip
+    if value is None or (optional and isinstance(value, str) and value.strip() in ("", "None")):
+        if optional:
+            return None
+        raise refused
+    if isinstance(value, Path):
+        value = str(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in TRUE_TEXTS + FALSE_TEXTS:
+            return value.strip().lower() in TRUE_TEXTS
+        raise refused
+    if isinstance(value, bool):  # bool is an int in Python, but epochs=True is a mistake, not a number
+        raise refused
+    if base is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        raise refused
+    if base is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise refused from None
+        raise refused
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise refused
+
+
+def unknown_names_message(names, where: str = "") -> str:
+    return (f"unknown parameter(s) {', '.join(sorted(names))}{where}; accepted: {', '.join(settable_fields())} "
+            "(lib/config.py's RunConfig declares each with its meaning)")  # fmt: skip
+
+
+def run_config(run: str, profile: str | None = "auto", **user) -> RunConfig:
+    """The config of registry run `run`. Precedence, lowest first: RunConfig's defaults, the
+    registry's [defaults], the run's own entry, its profile's overrides, then `user` (from a
+    notebook's parameters cell, papermill or make; None means "not set"). `profile` "auto" means
+    full with CUDA, quick without.
+
+    Raises KeyError (unknown run), ParameterError (unknown parameter, naming the accepted ones), TypeError (a value its
+    field's type cannot take) or ValueError (a value out of range), each naming the parameter."""
+    user = {name: value for name, value in user.items() if value is not None}
+    unknown = [name for name in user if name not in settable_fields()]
     if unknown:
-        raise TypeError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(fields))}")
-    chosen, reason = resolve_profile(profile)
+        raise ParameterError(unknown_names_message(unknown))
+    user = {name: convert(name, value) for name, value in user.items()}
+    user.pop("profile", None)
+    chosen, reason = resolve_profile(profile or "auto")
     values = registry.run_parameters(run, chosen)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    values.update(run=run, profile=chosen, profile_reason=reason)
     for name, value in values.items():
-        if name not in fields:
-            raise TypeError(f"registry key {name!r} of run {run!r} is not a config field; accepted: {', '.join(sorted(fields))}")
-        _check_type(name, value, _TYPES[name])
-    values["lr"] = float(values["lr"])
+        if name not in field_types():
+            raise ParameterError(f"registry key {name!r} of run {run!r} is not a RunConfig field; accepted: {', '.join(settable_fields())}")
+        values[name] = convert(name, value) if name not in IDENTITY_FIELDS else value
+    values.update(user)
+    values.update(run=run, profile=chosen, profile_reason=reason)
     values["data_dir"] = str(resolve(values.get("data_dir", DEFAULT_DATA_DIR)))
     values["runs_dir"] = str(resolve(values.get("runs_dir", RUNS_DIR)))
     if values.get("cache_dir", None) not in (None, ""):
@@ -120,6 +213,58 @@ def run_config(run: str, profile: str = "auto", **overrides) -> RunConfig:
     config = RunConfig(**values)
     _validate(config)
     return config
+
+
+# Names a Jupyter kernel defines on its own; never parameters.
+_KERNEL_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
+_PLAIN = (str, int, float, bool, list, dict, tuple, type(None), Path)
+
+
+def notebook_parameters(namespace: dict, accepted=None) -> dict:
+    """The parameters a notebook's kernel holds (pass its `globals()`): every accepted name found in
+    it (default: the settable RunConfig fields), None meaning "not set". Papermill only warns about a
+    parameter the notebook does not declare and runs on without it; here any other plain value
+    (str, number, bool, list, dict, None) under a public name is such a parameter, and fails.
+
+    Raises ParameterError naming the unknown names and the accepted ones."""
+    accepted = list(accepted) if accepted is not None else settable_fields()
+    unknown = [name for name, value in namespace.items()
+               if not name.startswith("_") and name not in accepted and name not in _KERNEL_NAMES and isinstance(value, _PLAIN)]  # fmt: skip
+    if unknown:
+        if accepted == settable_fields():
+            raise ParameterError(unknown_names_message(unknown, " given to this notebook"))
+        raise ParameterError(f"unknown parameter(s) {', '.join(sorted(unknown))} given to this notebook; accepted: {', '.join(accepted)}")
+    return {name: namespace[name] for name in accepted if name in namespace}
+
+
+PARAMETERS_CELL_HEAD = """\
+# Parameters: every field of RunConfig (lib/config.py), this cell generated from it (`python -m lib.config`).
+# None means "not set": the value comes from RunConfig's default < registry.toml's [defaults] < this run's
+# entry < its profile's overrides < what is set here, by papermill (-p, -r, -y) or by make (NAME=value, SET=...).
+"""
+
+
+def parameters_cell_source() -> str:
+    """The parameters cell of every run notebook: each settable field as `name = None  # meaning`.
+    (Papermill's parser cannot read a line whose comment holds "=", so no field comment may.)"""
+    lines = [f"{name} = None  # {field_comments().get(name, '')}".rstrip(" #") for name in settable_fields()]
+    return PARAMETERS_CELL_HEAD + "\n".join(lines)
+
+
+def write_parameters_cells(notebooks) -> list[Path]:
+    """Rewrite each notebook's cell tagged `parameters` to parameters_cell_source(); returns the
+    notebooks that changed (outputs are never written: committed notebooks carry none)."""
+    import nbformat
+
+    changed = []
+    for path in notebooks:
+        notebook = nbformat.read(str(path), as_version=4)
+        cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+        if cell.source != parameters_cell_source():
+            cell.source = parameters_cell_source()
+            nbformat.write(notebook, str(path))
+            changed.append(Path(path))
+    return changed
 
 
 def _validate(config: RunConfig) -> None:
@@ -146,3 +291,17 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter lr={config.lr} must be positive")
     if config.checkpoint_every_s < 0:
         raise ValueError(f"parameter checkpoint_every_s={config.checkpoint_every_s} must be 0 (every epoch) or more seconds")
+
+
+def main() -> int:
+    """`python -m lib.config`: regenerate the run notebooks' parameters cells from RunConfig."""
+    from lib.paths import NOTEBOOKS_DIR
+
+    notebooks = [NOTEBOOKS_DIR / registry.run_entry(run)["notebook"] for run in registry.run_names()]
+    for path in write_parameters_cells(notebooks):
+        print(f"rewrote the parameters cell of {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -386,3 +386,9 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, wha
     require_one_batch(len(dataset), batch_size, what)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, generator=generator, num_workers=workers)
+
+
+def read_run_layout(config) -> TileIndex:
+    """The TileIndex a run's config names (its data_dir and the parameters that steer how the
+    layout is read); the one call that training, evaluation and the pipeline share."""
+    return read_layout(config.data_dir, config.positive_class)

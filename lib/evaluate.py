@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +11,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lib.config import RunConfig
-from lib.data import decode_tiles, load_tile_set, make_split, read_layout
-from lib.models import build_model
+from lib.data import decode_tiles, read_run_layout
+from lib.models import build_model, predicted_labels
 from lib.paths import resolve
-from lib.speed import autocast, host_memory, prepare_input, prepare_model, speed_settings
-from lib.train import load_checkpoint, predicted_labels, resolve_device, save_atomically
+from lib.run_folder import RunFolder, save_atomically
+from lib.speed import autocast, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
 SUBMISSION_HEADER = "# Id,Values"
 
@@ -32,45 +30,58 @@ class TilePredictions:
     best_epoch: int
     scored_on: str  # "test", or why the validation tiles stood in for a missing test set
     positive_class: str = ""  # the run's choice, for class-folder data sets
+    data_dir: str = ""  # the data set predicted
 
 
-def load_trained_model(run_dir: str | Path, checkpoint: str = "best.pt") -> tuple[torch.nn.Module, dict]:
-    """A run's network with the weights of one of its checkpoints, on the CPU, in eval mode."""
-    run_dir = resolve(run_dir)
-    checkpoint_file = run_dir / checkpoint
-    if not checkpoint_file.is_file():
-        raise FileNotFoundError(f"{checkpoint_file} does not exist; train the run first (its notebook or `make run-all`)")
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    saved = json.loads((run_dir / "config.json").read_text())
+def load_trained_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
+    """A run's network with the weights of one of its checkpoints ("initial", "best" or "last"), on
+    the CPU, in eval mode, and the checkpoint's contents with its "path". Raises FileNotFoundError
+    naming the file when the run has not been trained."""
+    folder = RunFolder(run_dir)
+    checkpoint = checkpoint.removesuffix(".pt")
+    state = folder.load_checkpoint(checkpoint)
     # The checkpoint holds every weight, so no ImageNet file is looked for here.
-    config = RunConfig(**{k: v for k, v in saved.items() if k in fields} | {"weights": "none"})
+    config = dataclasses.replace(folder.run_config(), weights="none")
     model, _ = build_model(config)
-    state = load_checkpoint(checkpoint_file)
     model.load_state_dict(state["model"])
-    return model.eval(), state | {"path": str(checkpoint_file)}
+    return model.eval(), state | {"path": str(folder.checkpoint_file(checkpoint))}
 
 
 @torch.inference_mode()
-def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = "auto", batch_size: int = 64) -> TilePredictions:
-    """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only)."""
-    model, checkpoint = load_trained_model(run_dir)
-    config = json.loads((resolve(run_dir) / "config.json").read_text())
+def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64) -> TilePredictions:
+    """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only), with
+    the precision the run trained with. `data_dir`: the run's own (from its config.json) by default.
+    A data set without a test set is scored on the run's own validation tiles, read from its
+    split.csv (the scores lean optimistic: the best epoch was chosen on them; `scored_on` says so).
+
+    Returns TilePredictions: predictions (N,) int64 0/1 and scores (N,) float32 probability of class 1.
+    Raises FileNotFoundError when the run has no best.pt, config.json or (without a test set) split.csv."""
+    folder = RunFolder(run_dir)
+    model, checkpoint = load_trained_model(folder.path)
+    config = folder.run_config()
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=str(resolve(data_dir)))
     torch_device = resolve_device(device)
-    settings = speed_settings(torch_device, "auto")  # channels_last (and bf16 on CUDA), as training ran
+    settings = speed_settings(torch_device, config.precision)  # the run's own precision, and channels_last
     model, _ = prepare_model(model.to(torch_device), settings)
 
-    index = read_layout(resolve(data_dir), config.get("positive_class", ""))
+    index = read_run_layout(config)
+    cache_dir = config.cache_dir or None
     if index.test_paths:
-        tiles, _, _ = decode_tiles(index.test_paths, config.get("tile_size", 256), desc="decoding test tiles", cache_dir=config.get("cache_dir") or None)
+        tiles, _, _ = decode_tiles(index.test_paths, config.tile_size, desc="decoding test tiles", cache_dir=cache_dir)
         ids, labels, scored_on = index.test_ids, index.test_labels, "test"
     else:
-        # Class-folder and CSV data sets carry no test set: the run's own validation tiles, rebuilt
-        # from its saved config, are the only tiles it never trained on. Said wherever scores appear.
-        tile_set = load_tile_set(index, config.get("tile_size", 256), skip_bad_images=config.get("skip_bad_images", False), cache_dir=config.get("cache_dir") or None)
-        split = make_split(tile_set, config.get("split", "random"), config["valid_fraction"], config["seed"], config["subset"])
-        tiles, labels = tile_set.tiles[split.valid], tile_set.labels[split.valid].numpy()
-        ids = [index.name_of(tile_set.sources[i]) for i in split.valid]
-        scored_on = (f"validation split of {Path(run_dir).name} ({len(ids)} tiles): the {index.layout} layout has no test set. "
+        # Class-folder and CSV data sets carry no test set: the run's own validation tiles, as its
+        # split.csv recorded them, are the only tiles it never trained on. Said wherever scores appear.
+        by_name = {index.name_of(source): (source, label) for source, label in zip(index.train_paths, index.train_labels)}
+        ids = folder.read_split().valid
+        missing = [name for name in ids if name not in by_name]
+        if missing:
+            raise FileNotFoundError(f"{folder.split_file} lists validation tiles that {index.data_dir} no longer holds: "
+                                    f"{', '.join(missing[:5])} ({len(missing)} in all); train the run again on this data set")  # fmt: skip
+        tiles, _, _ = decode_tiles([by_name[name][0] for name in ids], config.tile_size, desc="decoding validation tiles", cache_dir=cache_dir)
+        labels = np.array([by_name[name][1] for name in ids], dtype=np.int64)
+        scored_on = (f"validation split of {folder.name} ({len(ids)} tiles): the {index.layout} layout has no test set. "
                      "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []
     with host_memory(settings):
@@ -88,7 +99,8 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
         checkpoint=checkpoint["path"],
         best_epoch=int(checkpoint["epoch"]),
         scored_on=scored_on,
-        positive_class=config.get("positive_class", ""),
+        positive_class=config.positive_class,
+        data_dir=config.data_dir,
     )
 
 
@@ -124,7 +136,7 @@ def score_test_predictions(result: TilePredictions) -> dict | None:
     }
 
 
-def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path, data_dir: str | Path) -> Path:
+def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path) -> Path:
     """evaluation.json (what the report reads) and test_predictions.csv beside the submission."""
     out_dir = resolve(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,7 +147,8 @@ def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out
     (out_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
     record = {
         "run": run,
-        "data_dir": str(resolve(data_dir)),
+        "run_dir": str(Path(result.checkpoint).parent),
+        "data_dir": result.data_dir,
         "positive_class": result.positive_class,
         "checkpoint": result.checkpoint,
         "best_epoch": result.best_epoch,

@@ -1,4 +1,4 @@
-"""The two networks: the original's baseline CNN, and ResNet50 with its weights policy."""
+"""The networks: the original's baseline CNN, ResNet50 with its weights policy, and a small CNN for quick checks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lib.run_folder import RunFolder
+from lib.weights import imagenet_cache_file, load_resnet50_weights
+
+
+def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Class 0 or 1 per row of `logits` (B, 2 or 1000) -> (B,) int64: the arg-max over the two
+    label outputs. With the original's kept 1000-way head the other 998 outputs are never a valid
+    answer, so they are not allowed to win."""
+    return logits[:, :2].argmax(dim=1)
 
 
 class BaselineCNN(nn.Module):
@@ -61,73 +71,45 @@ class WeightsOutcome:
     pretrained: bool
     source: str  # a file path, or why there was none
     notice: str  # "" when the run does what the original did
-
-
-def imagenet_cache_file() -> Path:
-    """Where torchvision keeps ResNet50's ImageNet weights (IMAGENET1K_V1, the original's
-    `pretrained=True`) once downloaded; nothing is downloaded here."""
-    from torchvision.models import ResNet50_Weights
-
-    filename = ResNet50_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def load_resnet50_state_dict(path: Path) -> dict:
-    """A ResNet50 state dict from a file, loaded safely and checked against the architecture."""
-    import torchvision
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # a checkpoint of ours rather than a bare state dict
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
-    expected = torchvision.models.resnet50().state_dict()
-    missing = sorted(set(expected) - set(state))
-    wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape) and not k.startswith("fc."))
-    if missing or wrong:
-        detail = f"missing {', '.join(missing[:5])}" if missing else f"wrong shapes for {', '.join(wrong[:5])}"
-        raise ValueError(f"{path} is not a ResNet50 state dict: {detail}")
-    return state
+    notes: str = ""  # what was done to the file's contents (unwrapped, prefixes removed, head left out)
 
 
 def build_resnet50(head: str = "imagenet1000", weights: str = "imagenet", weights_path: str | None = None, strict: bool = False):
-    """ResNet50 and what it started from.
+    """ResNet50 and what it started from (lib/weights.py reads and checks the file).
 
     head: "imagenet1000" keeps the 1000-way layer as the original did (labels 0 and 1 index its first
     two outputs); "binary" replaces it with a 2-way layer.
-    weights: "imagenet" uses `weights_path` or the local torch cache when the file is there, and
-    otherwise trains from scratch with a notice (or, with `strict`, fails); "none" trains from scratch.
+    weights: "imagenet" uses `weights_path`, or else torchvision's ImageNet file when it is in the
+    local torch cache, and otherwise trains from scratch with a notice (or, with `strict`, raises
+    FileNotFoundError); "none" trains from scratch. A weights_path that does not exist raises
+    FileNotFoundError; an unusable file raises lib.weights.WeightsFileError.
     """
     import torchvision
 
     model = torchvision.models.resnet50(weights=None)
-    if weights == "none":
-        outcome = WeightsOutcome(False, "none asked for", "ResNet50 trains from scratch (weights='none').")
-    else:
-        path = Path(weights_path) if weights_path else imagenet_cache_file()
-        if path.is_file():
-            state = load_resnet50_state_dict(path)
-            model.load_state_dict(state)
-            outcome = WeightsOutcome(True, str(path), "")
-        elif weights_path:
-            raise FileNotFoundError(f"weights_path {weights_path} does not exist")
-        elif strict:
-            raise FileNotFoundError(
-                f"weights_strict=True: ResNet50's ImageNet weights are not in the torch cache ({path}) and no "
-                "weights_path was given. Put the file there (torchvision's resnet50-0676ba61.pth), pass "
-                "weights_path, or set weights_strict=False to train from scratch with a notice."
-            )
-        else:
-            outcome = WeightsOutcome(
-                False,
-                f"not found at {path}",
-                f"NOTICE: ImageNet weights for ResNet50 were not found offline ({path}); this run trains "
-                "from scratch, unlike the original, which started from ImageNet weights. Put the file "
-                "there or pass weights_path to use them.",
-            )
     if head == "binary":
         model.fc = nn.Linear(model.fc.in_features, 2)
-    return model, outcome
+    if weights == "none":
+        return model, WeightsOutcome(False, "none asked for", "ResNet50 trains from scratch (weights='none').")
+    path = Path(weights_path).expanduser() if weights_path else imagenet_cache_file()
+    if path.is_file() or weights_path:
+        loaded = load_resnet50_weights(path, model, in_cache=not weights_path)
+        model.load_state_dict(loaded.state)
+        notes = "; ".join(loaded.notes)
+        return model, WeightsOutcome(True, str(path), f"Pretrained weights from {path}: {notes}." if notes else "", notes)
+    if strict:
+        raise FileNotFoundError(
+            f"weights_strict=True: ResNet50's ImageNet weights are not in the torch cache ({path}) and no "
+            "weights_path was given. Run `make weights` to download them, put the file there by hand "
+            f"(torchvision's {path.name}), pass weights_path, or set weights_strict=False to train from scratch with a notice."
+        )
+    return model, WeightsOutcome(
+        False,
+        f"not found at {path}",
+        f"NOTICE: ImageNet weights for ResNet50 were not found offline ({path}); this run trains "
+        "from scratch, unlike the original, which started from ImageNet weights. `make weights` "
+        "downloads them; or pass weights_path (make run-all WEIGHTS=/path/to/file.pth).",
+    )
 
 
 def build_model(config) -> tuple[nn.Module, WeightsOutcome]:
@@ -144,10 +126,11 @@ RESNET50_SHOWN_LAYERS = ("conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.
 
 
 def filters_before_after(run_dir: str | Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(layer name, weights before training, weights after the last epoch) for the filter figures."""
-    run_dir = Path(run_dir)
-    before = torch.load(run_dir / "initial.pt", map_location="cpu", weights_only=True)["model"]
-    after = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
+    """(layer name, weights before training, weights after the last epoch) for the filter figures:
+    every convolution of the small networks, the stem and one 3x3 layer per stage of ResNet50.
+    Each weight is (out_channels, in_channels, k, k) float32, read from the run's initial.pt and last.pt."""
+    folder = RunFolder(run_dir)
+    before, after = folder.load_checkpoint("initial")["model"], folder.load_checkpoint("last")["model"]
     names = [k.removesuffix(".weight") for k, v in before.items() if k.endswith(".weight") and v.dim() == 4]
     if len(names) > len(RESNET50_SHOWN_LAYERS):
         names = [n for n in names if n in RESNET50_SHOWN_LAYERS]

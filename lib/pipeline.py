@@ -1,30 +1,117 @@
 """`make run-all` and `make report`: execute the notebooks headless with papermill.
 
-A notebook whose inputs (itself, lib/, the registry, its parameters, the data set) are unchanged
-since its last successful execution is skipped. A failing notebook stops the pipeline with a
-non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the runs that
-finished before it keep their results.
+Parameters travel one way: any settable RunConfig field (lib/config.py) given here reaches every
+run notebook as a papermill parameter, converted and checked by the field's type before the first
+notebook starts; a name that is no field fails, naming the accepted ones.
 
-    python -m lib.pipeline run-all [--profile auto] [--data DIR] [--device auto]
-    python -m lib.pipeline report
+    make run-all [NAME=value ...] [SET="name=value ..."] [DATA=dir] [WEIGHTS=file.pth] [RUNS=a,b]
+    python -m lib.pipeline run-all [name=value ...]        # the same, without make
+    python -m lib.pipeline report [runs_dir=... reports_dir=...]
+
+A make variable NAME is the field name in upper case (EPOCHS=3, TILE_SIZE=96); DATA and WEIGHTS are
+shortcuts for data_dir and weights_path. Besides the fields: `runs` (a comma-separated subset of the
+registry's runs; the evaluation runs only with all of them) and `reports_dir`.
+
+A notebook whose inputs (itself, lib/, the registry, its run's resolved config, the data set) are
+unchanged since its last successful execution is skipped. A failing notebook stops the pipeline
+with a non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the
+runs that finished before it keep their results.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from lib import registry
-from lib.paths import DEFAULT_DATA_DIR, EXECUTED_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
+from lib.config import ParameterError, convert, run_config, settable_fields
+from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
 
 EVALUATION_NOTEBOOK = "05_evaluation.ipynb"
 REPORT_NOTEBOOK = "06_report.ipynb"
-STAMPS_DIR = EXECUTED_DIR / ".stamps"
+# The pipeline's own settings, beside the run parameters.
+PIPELINE_OPTIONS = {
+    "runs": "registry runs to execute, comma-separated (default: all, then the evaluation)",
+    "reports_dir": "where executed notebooks, the evaluation and the report go (default: reports/)",
+}
+# make variables that are shortcuts users look for; every other NAME is the field name in upper case.
+# WEIGHTS is the file users hold, so the `weights` field ("imagenet"/"none") is set with SET="weights=none".
+MAKE_SHORTCUTS = {"DATA": "data_dir", "WEIGHTS": "weights_path"}
+MAKE_OWN = {"PYTHON", "PORT"}  # the Makefile's own variables (the venv's Python, make lab's port)
+
+
+def make_command_line(makeflags: str) -> list[tuple[str, str]]:
+    """The NAME=value variables given on make's command line, read from MAKEFLAGS (which make
+    hands every recipe): after " -- ", separated by spaces, with spaces and backslashes in values
+    escaped by a backslash. `make run-all DATA="/data/my tiles"` gives [("DATA", "/data/my tiles")]."""
+    _, sep, definitions = makeflags.partition(" -- ")
+    if not sep and makeflags.startswith("-- "):
+        definitions = makeflags[3:]
+    items, current, chars = [], [], iter(definitions)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == " ":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    items.append("".join(current))
+    return [tuple(item.split("=", 1)) for item in items if "=" in item]
+
+
+def parse_assignments(items: list[str], where: str) -> dict[str, str]:
+    """["epochs=3", "data_dir=/x"] -> {"epochs": "3", "data_dir": "/x"}; ValueError naming a bad item."""
+    settings = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ParameterError(f"{where}: {item!r} is not name=value (e.g. epochs=3)")
+        settings[name.strip()] = value
+    return settings
+
+
+def settings_from_make(makeflags: str) -> dict[str, str]:
+    """The run parameters and pipeline options a make command line gives, as text."""
+    settings: dict[str, str] = {}
+    for name, value in make_command_line(makeflags):
+        if name in MAKE_OWN:
+            continue
+        if name == "SET":
+            settings |= parse_assignments(shlex.split(value), "SET")
+        elif name in MAKE_SHORTCUTS:
+            settings[MAKE_SHORTCUTS[name]] = value
+        elif name.lower() in settable_fields() or name.lower() in PIPELINE_OPTIONS:
+            settings[name.lower()] = value
+        else:
+            fields = [n.upper() for n in settable_fields() if n.upper() not in MAKE_SHORTCUTS]
+            raise ParameterError(f"make variable {name} is no run parameter; accepted: the RunConfig fields in upper case "
+                                 f"({', '.join(fields)}), {', '.join(n.upper() for n in PIPELINE_OPTIONS)}, the shortcuts "
+                                 f"{', '.join(f'{k} ({v})' for k, v in MAKE_SHORTCUTS.items())}, and SET=\"name=value ...\" "
+                                 "for any field by its own name")  # fmt: skip
+    return settings
+
+
+def checked_settings(settings: dict) -> tuple[dict, dict]:
+    """(run parameters converted to their fields' types, pipeline options); ParameterError for an
+    unknown name and TypeError for a value its field cannot take, both by name."""
+    unknown = sorted(set(settings) - set(settable_fields()) - set(PIPELINE_OPTIONS))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(settable_fields())} "
+                             f"(RunConfig, lib/config.py), and the pipeline's {', '.join(PIPELINE_OPTIONS)}")  # fmt: skip
+    parameters = {name: convert(name, value) for name, value in settings.items() if name in settable_fields()}
+    for name in ("data_dir", "runs_dir", "cache_dir", "weights_path"):
+        if parameters.get(name):  # notebooks run in notebooks/: every path goes to them absolute
+            parameters[name] = str(resolve(parameters[name]))
+    options = {name: value for name, value in settings.items() if name in PIPELINE_OPTIONS}
+    return parameters, options
 
 
 def _hash_files(paths) -> str:
@@ -35,14 +122,12 @@ def _hash_files(paths) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(data_dir: Path, positive_class: str = "") -> str:
-    """Identity of a data set as the runs read it: its layout, every tile file's size and time (or
-    zip CRC), its labels and groups. Reading the layout here also stops a bad data set before any
-    notebook starts, with the layout's own error."""
-    from lib.data import read_layout, source_signature
+def data_fingerprint(index) -> str:
+    """Identity of a data set as the runs read it (a TileIndex): its layout, every tile file's size
+    and time (or zip CRC), its labels and groups."""
+    from lib.data import source_signature
 
-    index = read_layout(data_dir, positive_class)
-    digest = hashlib.sha256(f"{data_dir}|{index.layout}|{index.label_rule}".encode())
+    digest = hashlib.sha256(f"{index.data_dir}|{index.layout}|{index.label_rule}".encode())
     for source in [*index.train_paths, *index.test_paths]:
         digest.update(json.dumps(source_signature(source)).encode())
     digest.update(index.train_labels.tobytes())
@@ -61,23 +146,25 @@ def check_parameters(notebook: str, parameters: dict) -> None:
     declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / notebook))
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
-        raise ValueError(f"notebooks/{notebook} has no parameter(s) {', '.join(unknown)}; it accepts: {', '.join(declared)}")
+        raise ParameterError(f"notebooks/{notebook} has no parameter(s) {', '.join(unknown)}; it accepts: {', '.join(declared)}")
 
 
-def fingerprint(notebook: str, parameters: dict, data: str, resolved_profile: str, upstream: list[str] = ()) -> str:
+def fingerprint(notebook: str, parameters: dict, data: str, upstream: list[str] = ()) -> str:
+    """What a notebook's execution depends on: its file, lib/, the registry, its parameters (for a
+    run, the resolved config), the data set, and the fingerprints of the notebooks it reads."""
     code = _hash_files([NOTEBOOKS_DIR / notebook, registry.REGISTRY_FILE, *Path(PROJECT_ROOT / "lib").glob("*.py")])
-    record = {"code": code, "parameters": parameters, "profile": resolved_profile, "data": data, "upstream": list(upstream)}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    record = {"code": code, "parameters": parameters, "data": data, "upstream": list(upstream)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def execute(notebook: str, output_name: str, parameters: dict) -> None:
-    """Run one notebook with papermill into reports/executed/; raise with a clear message on failure."""
+def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
+    """Run one notebook with papermill into `executed_dir`; raise NotebookFailed with a clear message on failure."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, parameters)
-    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
-    output = EXECUTED_DIR / output_name
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    output = executed_dir / notebook
     print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
     start = time.perf_counter()
     try:
@@ -97,15 +184,15 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def _run_if_changed(notebook: str, output_name: str, parameters: dict, stamp: str) -> bool:
+def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: str) -> bool:
     """Execute unless the last successful execution had the same fingerprint. True if it ran."""
-    stamp_file = STAMPS_DIR / (output_name + ".stamp")
-    if stamp_file.is_file() and stamp_file.read_text() == stamp and (EXECUTED_DIR / output_name).is_file():
-        print(f"=== {output_name}: unchanged since its last successful execution, skipped", flush=True)
+    stamp_file = executed_dir / ".stamps" / (notebook + ".stamp")
+    if stamp_file.is_file() and stamp_file.read_text() == stamp and (executed_dir / notebook).is_file():
+        print(f"=== {notebook}: unchanged since its last successful execution, skipped", flush=True)
         return False
     stamp_file.unlink(missing_ok=True)
-    execute(notebook, output_name, parameters)
-    STAMPS_DIR.mkdir(parents=True, exist_ok=True)
+    execute(notebook, executed_dir, parameters)
+    stamp_file.parent.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(stamp)
     return True
 
@@ -119,72 +206,87 @@ def ensure_data(data_dir: Path) -> None:
         generate(data_dir)
         print(f"=== data: generated default set ready at {data_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
     elif not data_dir.exists():
-        raise FileNotFoundError(f"DATA={data_dir} does not exist")
+        raise FileNotFoundError(f"data_dir {data_dir} does not exist (DATA= or data_dir=; relative paths are read from {PROJECT_ROOT})")
 
 
-def run_all(profile: str, data_dir: Path, device: str, run_options: dict | None = None) -> None:
-    """`run_options`: training-notebook parameters given on the command line (split, positive_class,
-    skip_bad_images, precision, compile, input_pipeline)."""
-    from lib.config import resolve_profile
+def _selected_runs(options: dict) -> list[str]:
+    if not options.get("runs"):
+        return registry.run_names()
+    runs = [name.strip() for name in str(options["runs"]).split(",") if name.strip()]
+    unknown = [name for name in runs if name not in registry.run_names()]
+    if unknown:
+        raise ParameterError(f"runs={options['runs']!r}: no run(s) {', '.join(unknown)} in the registry; it has {', '.join(registry.run_names())}")
+    return [name for name in registry.run_names() if name in runs]
 
-    resolved, reason = resolve_profile(profile)
-    print(f"=== {reason}", flush=True)
-    ensure_data(data_dir)
-    run_options = run_options or {}
-    data = data_fingerprint(data_dir, run_options.get("positive_class", ""))
-    parameters = {"data_dir": str(data_dir), "profile": profile, "device": device, "runs_dir": str(RUNS_DIR)}
+
+def run_all(settings: dict | None = None) -> None:
+    """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
+    by field name, as text or typed, and pipeline options). Every run's config is built and checked
+    before the first notebook starts, and the data set's layout is read, so a bad parameter or data
+    set fails at once."""
+    from lib.data import read_run_layout
+
+    parameters, options = checked_settings(settings or {})
+    runs = _selected_runs(options)
+    configs = {run: run_config(run, **parameters) for run in runs}  # every parameter checked here, by name
+    first = configs[runs[0]]
+    print(f"=== {first.profile_reason}", flush=True)
+    ensure_data(Path(first.data_dir))
+    data = data_fingerprint(read_run_layout(first))
+    executed_dir = resolve(options.get("reports_dir") or REPORTS_DIR) / "executed"
     stamps = []
-    for run in registry.run_names():
+    for run, config in configs.items():
         notebook = registry.run_entry(run)["notebook"]
-        training_parameters = parameters | run_options
-        stamp = fingerprint(notebook, training_parameters, data, resolved)
-        _run_if_changed(notebook, notebook, training_parameters, stamp)
+        resolved = {k: v for k, v in dataclasses.asdict(config).items() if k != "profile_reason"}
+        stamp = fingerprint(notebook, resolved, data)
+        _run_if_changed(notebook, executed_dir, parameters, stamp)
         stamps.append(stamp)
-    evaluation_parameters = parameters | {"reports_dir": str(REPORTS_DIR)}
-    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, resolved, upstream=stamps)
-    _run_if_changed(EVALUATION_NOTEBOOK, EVALUATION_NOTEBOOK, evaluation_parameters, stamp)
+    if runs != registry.run_names():
+        print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
+        return
+    evaluation_parameters = {"runs_dir": first.runs_dir, "reports_dir": str(executed_dir.parent)} | (
+        {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
+    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=stamps)
+    _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp)
 
 
-def report() -> Path:
+def report(settings: dict | None = None) -> Path:
+    """Execute the report notebook over the runs' saved results and render HTML (and PDF)."""
     from lib.report import render_html, render_pdf
 
-    execute(REPORT_NOTEBOOK, REPORT_NOTEBOOK, {"runs_dir": str(RUNS_DIR), "reports_dir": str(REPORTS_DIR)})
-    html = render_html(EXECUTED_DIR / REPORT_NOTEBOOK, REPORTS_DIR / "report.html")
+    settings = dict(settings or {})
+    runs_dir = resolve(convert("runs_dir", settings.pop("runs_dir")) if "runs_dir" in settings else RUNS_DIR)
+    reports_dir = resolve(settings.pop("reports_dir", None) or REPORTS_DIR)
+    executed_dir = reports_dir / "executed"
+    execute(REPORT_NOTEBOOK, executed_dir, {"runs_dir": str(runs_dir), "reports_dir": str(reports_dir)})
+    html = render_html(executed_dir / REPORT_NOTEBOOK, reports_dir / "report.html")
     print(f"=== report written: {html}", flush=True)
-    pdf = render_pdf(EXECUTED_DIR / REPORT_NOTEBOOK, REPORTS_DIR / "report.pdf")
+    pdf = render_pdf(executed_dir / REPORT_NOTEBOOK, reports_dir / "report.pdf")
     if pdf:
         print(f"=== report written: {pdf}", flush=True)
     return html
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.pipeline", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["run-all", "report"])
-    parser.add_argument("--profile", default="auto", help="auto (full with CUDA, else quick), full or quick")
-    parser.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="data directory (default: the generated set)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--split", default="", help="auto (grouped when the data names groups), random or grouped")
-    parser.add_argument("--positive-class", default="", help="class-folder data: the folder labelled 1")
-    parser.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable image files (counted) instead of stopping")
-    parser.add_argument("--precision", default="", help="auto (bf16 on CUDA, fp32 on the CPU), fp32 or bf16")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the models")
-    parser.add_argument("--input-pipeline", default="", help="tensor (the workbook's) or original (files and PIL per image)")
-    args = parser.parse_args(argv)
-    run_options = {k: v for k, v in (("split", args.split), ("positive_class", args.positive_class),
-                                     ("skip_bad_images", args.skip_bad_images), ("precision", args.precision),
-                                     ("compile", args.compile), ("input_pipeline", args.input_pipeline)) if v}  # fmt: skip
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in ("run-all", "report") or any(a.startswith("-") and a != "--from-make" for a in argv[1:]):
+        print(__doc__, file=sys.stderr)
+        return 2
+    command, rest = argv[0], argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
     try:
-        if args.command == "run-all":
-            run_all(args.profile, resolve(args.data), args.device, run_options)
+        settings = settings_from_make(os.environ.get("MAKEFLAGS", "")) if "--from-make" in rest else {}
+        settings |= parse_assignments([a for a in rest if a != "--from-make"], "python -m lib.pipeline")
+        if command == "run-all":
+            run_all(settings)
         else:
-            report()
-    except (NotebookFailed, FileNotFoundError, FileExistsError, ValueError) as error:
+            report({k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")})
+    except (NotebookFailed, FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"\nERROR: {error}", file=sys.stderr, flush=True)
         return 1
-    print(f"=== {args.command} finished in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"=== {command} finished in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 
 

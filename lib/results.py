@@ -13,7 +13,7 @@ import pandas as pd
 
 from lib import registry
 from lib.paths import resolve
-from lib.train import RunResult, load_result
+from lib.run_folder import RunFolder, RunResult
 
 
 def _percent(value) -> str:
@@ -28,11 +28,11 @@ def _duration(seconds) -> str:
 
 def load_all(runs_dir) -> dict[str, RunResult]:
     """Every registry run's saved results; a clear error names the runs that have none."""
-    runs_dir = resolve(runs_dir)
-    missing = [run for run in registry.run_names() if not (runs_dir / run / "result.json").is_file()]
+    folders = {run: RunFolder(resolve(runs_dir) / run) for run in registry.run_names()}
+    missing = [run for run, folder in folders.items() if not folder.has_result()]
     if missing:
-        raise FileNotFoundError(f"no results in {runs_dir} for: {', '.join(missing)}; run `make run-all` first")
-    return {run: load_result(run, runs_dir) for run in registry.run_names()}
+        raise FileNotFoundError(f"no results in {resolve(runs_dir)} for: {', '.join(missing)}; run `make run-all` first")
+    return {run: folder.result() for run, folder in folders.items()}
 
 
 def load_evaluation(reports_dir) -> dict:
@@ -91,9 +91,12 @@ def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame
 def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
     """Decoded tiles (N, 3, H, W) uint8 for the given evaluated ids: test tiles, or the labelled
     tiles (ids are their paths) when the data set had no test set."""
-    from lib.data import decode_tiles, read_layout
+    import dataclasses
 
-    index = read_layout(evaluation["data_dir"], evaluation.get("positive_class", ""))
+    from lib.data import decode_tiles, read_run_layout
+
+    config = RunFolder(evaluation["run_dir"]).run_config()
+    index = read_run_layout(dataclasses.replace(config, data_dir=evaluation["data_dir"]))
     if index.test_paths:
         by_id = dict(zip(index.test_ids, index.test_paths))
     else:
@@ -152,10 +155,17 @@ def deviations(results: dict[str, RunResult]) -> str:
     """What differs from the original, as Markdown, read from what the runs actually did."""
     final = results[registry.final_run()].summary
     items = []
-    scratch = [run for run, r in results.items() if r.config["model"] == "resnet50" and not r.summary["weights"]["pretrained"]]
+    resnets = {run: r for run, r in results.items() if r.config["model"] == "resnet50"}
+    scratch = [run for run, r in resnets.items() if not r.summary["weights"]["pretrained"]]
     if scratch:
         items.append(f"- **No ImageNet weights:** {', '.join(scratch)} trained ResNet50 from scratch "
                      f"({results[scratch[0]].summary['weights']['source']}); the original fine-tuned ImageNet weights.")  # fmt: skip
+    pretrained = [run for run in resnets if run not in scratch]
+    if pretrained:
+        files = sorted({resnets[run].summary["weights"]["source"] for run in pretrained})
+        notes = sorted({resnets[run].summary["weights"].get("notes", "") for run in pretrained} - {""})
+        items.append(f"- **Pretrained weights:** {', '.join(pretrained)} started from {', '.join(files)}"
+                     + (f" ({'; '.join(notes)})" if notes else "") + "; the original started from torchvision's ImageNet weights.")  # fmt: skip
     if "generated" in final["data_origin"]:
         items.append("- **Data:** the course data is not public; these runs use the generated H&E-like tile set "
                      "(lib/synthetic.py), in the course layout and sizes. Its figures are not comparable one to one with the original's.")  # fmt: skip
@@ -183,6 +193,7 @@ def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
         record[f"input note {k + 1}"] = note
     record["profile"] = final["profile"]
     record["pretrained weights"] = ", ".join(
-        f"{run}: {'yes' if r.summary['weights']['pretrained'] else 'no'}" for run, r in results.items() if r.config["model"] == "resnet50"
-    )
+        f"{run}: {'yes, ' + r.summary['weights']['source'] if r.summary['weights']['pretrained'] else 'no (from scratch)'}"
+        for run, r in results.items() if r.config["model"] == "resnet50"
+    )  # fmt: skip
     return pd.DataFrame({"value": record})

@@ -28,6 +28,17 @@ class SpeedSettings:
 ORIGINAL = SpeedSettings(precision="fp32", channels_last=False, compile=False)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device a `device` parameter names: "auto" is CUDA when present, else the CPU.
+    Raises RuntimeError when CUDA is asked for and PyTorch sees none."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for, but PyTorch sees no CUDA device here; use 'auto' or 'cpu'")
+    return device
+
+
 def speed_settings(device: torch.device, precision: str = "auto", compile_model: bool = False) -> SpeedSettings:
     """`auto`: bf16 autocast on a CUDA GPU that supports it; fp32 on the CPU, where a CPU without
     AVX-512 bf16 (as the 2-core development machine) runs bf16 slower, not faster. channels_last

@@ -1,22 +1,14 @@
-"""The training loop: `train_one_epoch`, `evaluate`, and `fit`, which writes a run's folder.
-
-runs/<run>/ holds: config.json, history.json (one row per epoch, written as each ends),
-initial.pt (weights before training, for the filter figures), best.pt (the best validation state,
-model and optimizer, as the original kept), last.pt (everything needed to continue; written after
-the first epoch, then at most every checkpoint_every_s seconds, and after the last), result.json
-(the summary the report reads) and tensorboard/ (the original's scalar tags).
-"""
+"""The training loop: `train_one_epoch`, `evaluate`, and `fit`, which trains one run in labelled
+stages (data, model, resume, loop, record) and writes its folder through lib/run_folder.py."""
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import random
 import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,42 +16,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import FileTileDataset, TileBatches, load_tile_set, make_loader, make_split, original_augmentation, read_layout
+from lib.data import FileTileDataset, Split, TileBatches, TileSet, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
 from lib.environment import environment_record
-from lib.models import build_model
-from lib.paths import resolve
-from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, speed_settings
-
-
-def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
-    """Class 0 or 1: the arg-max over the two label outputs. With the original's kept 1000-way head
-    the other 998 outputs are never a valid answer, so they are not allowed to win."""
-    return logits[:, :2].argmax(dim=1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} asked for, but PyTorch sees no CUDA device here; use 'auto' or 'cpu'")
-    return device
+from lib.layouts import TileIndex
+from lib.models import WeightsOutcome, build_model, predicted_labels
+from lib.run_folder import RunFolder, RunResult
+from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def save_atomically(obj, path: Path) -> None:
-    """Write to a temporary file, then rename: an interruption leaves the previous file intact."""
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(obj, (dict, list)) and path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=2))
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = ORIGINAL,
@@ -141,28 +109,6 @@ def _restore_random_state(state: dict, train_loader) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# Config fields that may differ between an interrupted run and its resumption.
-_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device", "cache_dir", "checkpoint_every_s"}
-
-
-def _resume_state(config: RunConfig, run_dir: Path) -> dict | None:
-    """last.pt when it can be continued: written with the same config and not yet complete."""
-    last, saved_config = run_dir / "last.pt", run_dir / "config.json"
-    if not last.is_file() or not saved_config.is_file():
-        print(f"resume: no completed epoch in {run_dir} yet; starting from the beginning")
-        return None
-    saved = json.loads(saved_config.read_text())
-    current = json.loads(config.to_json())
-    changed = sorted(k for k in current if k not in _RESUME_MAY_DIFFER and saved.get(k) != current[k])
-    if changed:
-        raise ValueError(f"resume: {last} was written with other parameters ({', '.join(changed)}); "
-                         "resume with the same ones, or start afresh with resume=False")  # fmt: skip
-    state = load_checkpoint(last)
-    if state["epoch"] + 1 >= config.epochs:
-        raise ValueError(f"resume: {run_dir.name} already completed all {config.epochs} epochs; nothing to resume")
-    return state
-
-
 def log_line(epoch: int, epochs: int, row: dict) -> str:
     """The original's per-epoch line, character for character."""
     return (
@@ -172,29 +118,47 @@ def log_line(epoch: int, epochs: int, row: dict) -> str:
     )
 
 
+# Config fields that may differ between an interrupted run and its resumption.
+_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device", "cache_dir", "checkpoint_every_s"}
+
+
 @dataclass
-class RunResult:
-    config: dict
+class RunData:
+    """The data stage's output: the tiles read, how they were split, and the two loaders."""
+
+    index: TileIndex
+    tile_set: TileSet
+    split: Split
+    train_loader: object  # TileBatches or a DataLoader: yields (float tiles (B, 3, H, W) in [0, 1], int64 labels (B,))
+    valid_loader: object
+    placement: str  # where the tiles wait and where they are augmented, in words
+
+
+@dataclass
+class Training:
+    """The model stage's output: the network and what trains it."""
+
+    model: torch.nn.Module  # the network whose state_dict is saved
+    step_model: torch.nn.Module  # what the loop calls (the compiled model when compile=True)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    settings: SpeedSettings
+    weights: WeightsOutcome
+
+
+@dataclass
+class Start:
+    """The resume stage's output: where the loop begins."""
+
     history: list[dict]
-    summary: dict
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.config["runs_dir"]) / self.config["run"]
+    epoch: int  # the first epoch to train
+    best_accuracy: float  # the best validation accuracy so far (-1 before any epoch)
 
 
-def fit(config: RunConfig) -> RunResult:
-    """Train one run end to end and write its folder under runs_dir."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    print(config.profile_reason)
-    device = resolve_device(config.device)
-    seed_everything(config.seed)
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-    # Data: read the layout, decode every labelled tile once (or read the cache), split.
-    index = read_layout(config.data_dir, config.positive_class)
+def load_run_data(config: RunConfig, device: torch.device) -> RunData:
+    """Stage 1, data: read the layout, decode every labelled tile once (or read the cache), split,
+    and build the training and validation loaders for `config.input_pipeline`."""
+    index = read_run_layout(config)
     print(f"data: {index.origin}; {index.describe()}")
     tensor_path = config.input_pipeline == "tensor"
     tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images,
@@ -217,52 +181,86 @@ def fit(config: RunConfig) -> RunResult:
         train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)
         valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
-    n_train, n_valid = len(split.train), len(split.valid)
     tile_set.tiles = None  # the loaders hold their own copies; the whole set need not stay in memory
-    print(f"split: {split.description}; {n_train} training and {n_valid} validation tiles "
+    print(f"split: {split.description}; {len(split.train)} training and {len(split.valid)} validation tiles "
           f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
+    return RunData(index, tile_set, split, train_loader, valid_loader, placement)
 
+
+def build_training(config: RunConfig, device: torch.device) -> Training:
+    """Stage 2, model: the network (with its weights policy), its speed settings, Adam and, for
+    `scheduler="plateau"`, ReduceLROnPlateau."""
     model, weights = build_model(config)
     if weights.notice:
         print(weights.notice)
     settings = speed_settings(device, config.precision, config.compile)
     model, step_model = prepare_model(model.to(device), settings)
-    print(f"speed: {placement}; {describe(settings)}")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min") if config.scheduler == "plateau" else None
+    return Training(model, step_model, optimizer, scheduler, settings, weights)
 
-    history: list[dict] = []
-    best_accuracy = -1.0
-    start_epoch = 0
-    resumed = _resume_state(config, run_dir) if config.resume else None
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resumed["scheduler"])
-        history = json.loads((run_dir / "history.json").read_text())[: resumed["epoch"] + 1]
-        best_accuracy = max(r["valid_accuracy"] for r in history)
-        start_epoch = resumed["epoch"] + 1
-        _restore_random_state(resumed["random"], train_loader)
-        print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {run_dir / 'last.pt'})")
-    else:
+
+def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, data: RunData) -> Start:
+    """Stage 3, resume: with `config.resume`, continue after the epoch last.pt holds (same config
+    required); otherwise start afresh, clearing an earlier run's state, and record the initial
+    weights and the split."""
+    resumed = _resume_state(config, folder) if config.resume else None
+    if resumed is None:
         # A fresh start must not leave an earlier run's state behind: resuming later would
         # otherwise continue that run's last.pt under this run's config.
-        for stale in ("last.pt", "best.pt", "history.json", "result.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-        save_atomically({"model": model.state_dict()}, run_dir / "initial.pt")
-    (run_dir / "config.json").write_text(config.to_json())
+        folder.start(fresh=True)
+        folder.save_checkpoint("initial", {"model": training.model.state_dict()})
+        name_of = data.index.name_of
+        folder.write_split([name_of(data.tile_set.sources[i]) for i in data.split.train],
+                           [name_of(data.tile_set.sources[i]) for i in data.split.valid])  # fmt: skip
+        folder.write_config(config)
+        return Start(history=[], epoch=0, best_accuracy=-1.0)
+    training.model.load_state_dict(resumed["model"])
+    training.optimizer.load_state_dict(resumed["optimizer"])
+    if training.scheduler is not None:
+        training.scheduler.load_state_dict(resumed["scheduler"])
+    history = folder.read_history()[: resumed["epoch"] + 1]
+    _restore_random_state(resumed["random"], data.train_loader)
+    folder.write_config(config)
+    print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {folder.checkpoint_file('last')})")
+    return Start(history=history, epoch=resumed["epoch"] + 1, best_accuracy=max(r["valid_accuracy"] for r in history))
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
-    earlier = history[-1]["elapsed_s"] if history else 0.0
-    start = time.perf_counter() - earlier
+
+def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
+    """last.pt when it can be continued: written with the same config and not yet complete."""
+    if not folder.checkpoint_file("last").is_file() or not folder.config_file.is_file():
+        print(f"resume: no completed epoch in {folder.path} yet; starting from the beginning")
+        return None
+    saved = folder.read_config()
+    current = dataclasses.asdict(config)
+    changed = sorted(k for k in current if k not in _RESUME_MAY_DIFFER and saved.get(k) != current[k])
+    if changed:
+        raise ValueError(f"resume: {folder.checkpoint_file('last')} was written with other parameters ({', '.join(changed)}); "
+                         "resume with the same ones, or start afresh with resume=False")  # fmt: skip
+    state = folder.load_checkpoint("last")
+    if state["epoch"] + 1 >= config.epochs:
+        raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs; nothing to resume")
+    return state
+
+
+def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data: RunData, start: Start) -> tuple[list[dict], float]:
+    """Stage 4, the loop: epochs from `start.epoch`, each logged in the original's line and
+    TensorBoard tags, history.json rewritten, best.pt on a better validation accuracy, last.pt as
+    checkpoint_every_s says. Returns the history and the elapsed seconds (an interrupted run's included)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    model, optimizer, scheduler, settings = training.model, training.optimizer, training.scheduler, training.settings
+    device = next(model.parameters()).device
+    history, best_accuracy = list(start.history), start.best_accuracy
+    writer = SummaryWriter(str(folder.tensorboard_dir), purge_step=start.epoch)
+    began = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     last_saved = -float("inf")  # the first completed epoch is always saved
-    epochs_bar = tqdm(range(start_epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
-                      initial=start_epoch, total=config.epochs)  # fmt: skip
+    epochs_bar = tqdm(range(start.epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
+                      initial=start.epoch, total=config.epochs)  # fmt: skip
     for epoch in epochs_bar:
         with host_memory(settings):
-            trained = train_one_epoch(step_model, train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
-            validated = evaluate(step_model, valid_loader, device, f"epoch {epoch} valid", settings)
+            trained = train_one_epoch(training.step_model, data.train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
+            validated = evaluate(training.step_model, data.valid_loader, device, f"epoch {epoch} valid", settings)
         if scheduler is not None:
             scheduler.step(validated["loss"])  # on the summed validation loss, as the original
         row = {
@@ -273,7 +271,7 @@ def fit(config: RunConfig) -> RunResult:
             "valid_accuracy": validated["accuracy"],
             "lr": optimizer.param_groups[0]["lr"],
             "train_images_per_s": trained["images"] / trained["seconds"],
-            "elapsed_s": time.perf_counter() - start,
+            "elapsed_s": time.perf_counter() - began,
         }
         history.append(row)
         epochs_bar.write(log_line(epoch, config.epochs, row))
@@ -282,29 +280,30 @@ def fit(config: RunConfig) -> RunResult:
         writer.flush()
         if row["valid_accuracy"] > best_accuracy:
             best_accuracy = row["valid_accuracy"]
-            save_atomically(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "valid_accuracy": best_accuracy},
-                run_dir / "best.pt",
-            )
+            folder.save_checkpoint("best", {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                                            "valid_accuracy": best_accuracy})  # fmt: skip
         # Everything needed to continue after this epoch as if never stopped, random state included.
         # A ResNet50's is 300 MB: on a GPU, where an epoch takes a second, writing it every epoch
         # would cost more than training, so it is written at most every checkpoint_every_s (and
         # after the first and the last epoch); a resumed run repeats the epochs since.
-        last_epoch = epoch == config.epochs - 1
-        if last_epoch or time.perf_counter() - last_saved >= config.checkpoint_every_s:
-            save_atomically(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
-                 "random": _random_state(train_loader)},
-                run_dir / "last.pt",
-            )  # fmt: skip
+        if epoch == config.epochs - 1 or time.perf_counter() - last_saved >= config.checkpoint_every_s:
+            folder.save_checkpoint("last", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
+                "random": _random_state(data.train_loader),
+            })  # fmt: skip
             last_saved = time.perf_counter()
-        save_atomically(history, run_dir / "history.json")
+        folder.write_history(history)
     writer.close()
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - began
     print(f"End of training, elapsed time : {int(elapsed // 60)} min {int(elapsed % 60)} sec.")
+    return history, elapsed
 
+
+def record_result(config: RunConfig, folder: RunFolder, data: RunData, training: Training, history: list[dict], elapsed: float) -> RunResult:
+    """Stage 5, record: the run's summary in result.json, what the report reads."""
     best_row = max(history, key=lambda r: r["valid_accuracy"])
+    record = data.tile_set.record
     summary = {
         "run": config.run,
         "title": config.title,
@@ -317,38 +316,37 @@ def fit(config: RunConfig) -> RunResult:
         "final_valid_loss": history[-1]["valid_loss"],
         "elapsed_s": elapsed,
         "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
-        "n_train": n_train,
-        "n_valid": n_valid,
-        "input_path": placement,
-        "speed_settings": describe(settings),
-        "n_labelled": len(tile_set.labels),
-        "split": split.description,
-        "data_dir": str(index.data_dir),
-        "data_origin": index.origin,
-        "data_layout": index.layout,
-        "label_rule": index.label_rule,
-        "data_notes": tile_set.record.notes(config.tile_size),
-        "decoding": asdict(tile_set.record) | {"bad": tile_set.record.bad[:100]},
-        "weights": asdict(weights),
-        "environment": environment_record(str(device)),
+        "n_train": len(data.split.train),
+        "n_valid": len(data.split.valid),
+        "input_path": data.placement,
+        "precision": training.settings.precision,
+        "speed_settings": describe(training.settings),
+        "n_labelled": len(data.tile_set.labels),
+        "split": data.split.description,
+        "data_dir": str(data.index.data_dir),
+        "data_origin": data.index.origin,
+        "data_layout": data.index.layout,
+        "label_rule": data.index.label_rule,
+        "data_notes": record.notes(config.tile_size),
+        "decoding": asdict(record) | {"bad": record.bad[:100]},
+        "weights": asdict(training.weights),
+        "environment": environment_record(str(next(training.model.parameters()).device)),
     }
-    save_atomically(summary, run_dir / "result.json")
-    return RunResult(config=json.loads(config.to_json()), history=history, summary=summary)
+    folder.write_result(summary)
+    return RunResult(config=dataclasses.asdict(config), history=history, summary=summary)
 
 
-def load_result(run: str, runs_dir: str | Path) -> RunResult:
-    """A finished run's saved results, with a clear error when it has not run."""
-    run_dir = resolve(runs_dir) / run
-    result_file = run_dir / "result.json"
-    if not result_file.is_file():
-        raise FileNotFoundError(f"run {run!r} has no results at {result_file}; execute its notebook (or `make run-all`) first")
-    return RunResult(
-        config=json.loads((run_dir / "config.json").read_text()),
-        history=json.loads((run_dir / "history.json").read_text()),
-        summary=json.loads(result_file.read_text()),
-    )
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Our checkpoints are plain dicts of tensors and numbers, so the safe loader takes them."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def fit(config: RunConfig) -> RunResult:
+    """Train one run end to end and write its folder, runs_dir/<run>/ (see lib/run_folder.py).
+    Raises LayoutError/BadImagesError (data), FileNotFoundError/ValueError (weights, resume) and
+    FloatingPointError (a non-finite loss), each naming the file, parameter or epoch and batch."""
+    print(config.profile_reason)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    folder = RunFolder(config.run_dir)
+    data = load_run_data(config, device)
+    training = build_training(config, device)
+    print(f"speed: {data.placement}; {describe(training.settings)}")
+    start = resume_or_start(config, folder, training, data)
+    history, elapsed = train_epochs(config, folder, training, data, start)
+    return record_result(config, folder, data, training, history, elapsed)

@@ -16,10 +16,10 @@ OUT=${OUT:?"set OUT to a folder for the results (the device tool sets it)"}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 if [[ -n ${GPU_CHECK_REHEARSAL:-} ]]; then
-  run_args=(--profile quick --device cpu)
+  run_args=(profile=quick device=cpu)
   bench_args=(--devices cpu --models baseline --steps 1 --rounds 1)
 else
-  run_args=(--profile full --device cuda)
+  run_args=(profile=full device=cuda)
   bench_args=(--devices cuda)
 fi
 

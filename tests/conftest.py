@@ -15,10 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 os.environ["HISTO_TILE_CACHE"] = tempfile.mkdtemp(prefix="histo-tile-cache-")
 sys.path.insert(0, str(PROJECT_ROOT))  # so that `import lib` works however pytest is started
 
-import papermill  # noqa: E402
-
-from lib import registry  # noqa: E402
-from lib.paths import KERNEL_NAME, NOTEBOOKS_DIR  # noqa: E402
+from lib import pipeline  # noqa: E402
 from lib.report import render_html  # noqa: E402
 from lib.synthetic import SyntheticSpec, generate  # noqa: E402
 
@@ -32,33 +29,32 @@ def tiny_data(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("data") / "tiny", TINY_SPEC, workers=2)
 
 
+@pytest.fixture(scope="session")
+def resnet50_weights_file(tmp_path_factory) -> Path:
+    """A ResNet50 state dict as a user would hold one (torchvision's architecture, random weights:
+    nothing can be downloaded here), saved from DataParallel so its keys carry `module.`."""
+    import torch
+    import torchvision
+
+    path = tmp_path_factory.mktemp("weights") / "resnet50-user.pth"
+    torch.save({f"module.{k}": v for k, v in torchvision.models.resnet50().state_dict().items()}, path)
+    return path
+
+
 # ResNet50 trains at about 3 images/s on 2 cores: a handful of tiles keeps each run short.
-TINY_RUN = {"baseline": {"epochs": 2, "batch_size": 8, "subset": 0}}
-TINY_RESNET = {"epochs": 1, "batch_size": 4, "subset": 40}
+TINY_WORKBOOK = {"profile": "quick", "device": "cpu", "seed": "0", "epochs": "1", "batch_size": "4", "subset": "40"}
 
 
 @pytest.fixture(scope="session")
-def executed_workbook(tiny_data, tmp_path_factory):
-    """The whole product on the tiny set: every notebook executed headless through papermill in
-    pipeline order, then the report rendered to HTML. Runs once; returns the folder with runs/, reports/ and executed copies."""
+def executed_workbook(tiny_data, resnet50_weights_file, tmp_path_factory):
+    """The whole product on the tiny set, through `make run-all`'s own path (lib/pipeline.run_all:
+    every parameter as text, as make gives it, with a ResNet50 weights file as WEIGHTS=), then the
+    report notebook executed and rendered to HTML. Runs once; returns the folder with runs/ and
+    reports/ (executed notebooks in reports/executed/)."""
     base = tmp_path_factory.mktemp("workbook")
-    common = {"data_dir": str(tiny_data), "device": "cpu"}
-    for run in registry.run_names():
-        params = common | {"profile": "quick", "runs_dir": str(base / "runs"), "seed": 0} | TINY_RUN.get(run, TINY_RESNET)
-        notebook = registry.run_entry(run)["notebook"]
-        papermill.execute_notebook(str(NOTEBOOKS_DIR / notebook), str(base / notebook), parameters=params,
-                                   kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False)  # fmt: skip
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / "05_evaluation.ipynb"), str(base / "05_evaluation.ipynb"),
-        parameters=common | {"runs_dir": str(base / "runs"), "reports_dir": str(base / "reports")},
-        kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-    )  # fmt: skip
-    papermill.execute_notebook(
-        str(NOTEBOOKS_DIR / "06_report.ipynb"), str(base / "06_report.ipynb"),
-        parameters={"runs_dir": str(base / "runs"), "reports_dir": str(base / "reports")},
-        kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
-    )  # fmt: skip
-    render_html(base / "06_report.ipynb", base / "reports" / "report.html")  # the PDF has its own tests
+    pipeline.run_all(TINY_WORKBOOK | {"data_dir": str(tiny_data), "runs_dir": str(base / "runs"), "reports_dir": str(base / "reports"),
+                                      "weights_path": str(resnet50_weights_file)})  # fmt: skip
+    executed = base / "reports" / "executed"
+    pipeline.execute(pipeline.REPORT_NOTEBOOK, executed, {"runs_dir": str(base / "runs"), "reports_dir": str(base / "reports")})
+    render_html(executed / pipeline.REPORT_NOTEBOOK, base / "reports" / "report.html")  # the PDF has its own tests
     return base
-
-

@@ -34,11 +34,11 @@ def test_a_data_set_without_test_tiles_is_scored_on_the_validation_split_and_say
     config = run_config("baseline", profile="quick", data_dir=str(root), runs_dir=str(tmp_path / "runs"), model="small",
                         tile_size=32, epochs=1, batch_size=4, subset=0, device="cpu", positive_class="tumour", cache_dir="")  # fmt: skip
     fit(config)
-    result = predict_test_tiles(config.run_dir, root, device="cpu", batch_size=4)
+    result = predict_test_tiles(config.run_dir, device="cpu", batch_size=4)
     assert result.scored_on.startswith("validation split of baseline (4 tiles)") and "optimistic" in result.scored_on
     assert len(result.ids) == 4 and all(i.startswith(("benign/", "tumour/")) for i in result.ids)
     assert result.labels.tolist() == [int(i.startswith("tumour/")) for i in result.ids]  # tumour is 1, as asked
-    save_evaluation(result, score_test_predictions(result), "baseline", tmp_path / "reports", root)
+    save_evaluation(result, score_test_predictions(result), "baseline", tmp_path / "reports")
     evaluation = load_evaluation(tmp_path / "reports")
     assert evaluation["scored_on"] == result.scored_on and evaluation["positive_class"] == "tumour"
     assert decode_test_tiles(evaluation, result.ids[:2]).shape == (2, 3, 256, 256)

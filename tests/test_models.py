@@ -51,7 +51,7 @@ def test_weights_file_is_loaded_safely_and_checked(tmp_path):
 
     wrong = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), wrong)
-    with pytest.raises(ValueError, match="resnet18.pth is not a ResNet50 state dict"):
+    with pytest.raises(ValueError, match="resnet18.pth is not a ResNet50 state dict: .* missing, first layer1.0.conv3.weight"):
         build_resnet50("imagenet1000", "imagenet", str(wrong))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_resnet50("imagenet1000", "imagenet", str(tmp_path / "missing.pth"))
@@ -65,5 +65,7 @@ def test_cache_file_is_found_where_torchvision_keeps_it(monkeypatch, tmp_path):
     assert path.parent == tmp_path / "checkpoints" and path.name.startswith("resnet50-")
     path.parent.mkdir()
     torch.save(torchvision.models.resnet50().state_dict(), path)
+    _, outcome = build_resnet50("imagenet1000", "imagenet")
+    assert outcome.pretrained and outcome.notice == ""  # the original's set-up: nothing to say
     _, outcome = build_resnet50("binary", "imagenet")
-    assert outcome.pretrained and outcome.notice == ""
+    assert outcome.pretrained and "fc head is 1000-way, the run's is 2-way" in outcome.notice

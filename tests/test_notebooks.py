@@ -14,16 +14,31 @@ def _text_outputs(path) -> str:
     return "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream")
 
 
+def _executed(base, notebook):
+    return base / "reports" / "executed" / notebook
+
+
 def test_each_run_trained_and_logged_like_the_original(executed_workbook):
     for run in registry.run_names():
         result = json.loads((executed_workbook / "runs" / run / "result.json").read_text())
         assert 0 <= result["final_valid_accuracy"] <= 1
-        text = _text_outputs(executed_workbook / registry.run_entry(run)["notebook"])
+        text = _text_outputs(_executed(executed_workbook, registry.run_entry(run)["notebook"]))
         assert re.search(r"\|\| \[0/\d+\], train_loss = [\d.]+, train_accuracy = [\d.]+, valid_loss", text)
         assert "End of training, elapsed time :" in text
-    weights = json.loads((executed_workbook / "runs" / "resnet50-10ep" / "result.json").read_text())["weights"]
-    if not weights["pretrained"]:  # offline with no cached file: the run must say so
-        assert "NOTICE" in _text_outputs(executed_workbook / "02_resnet50_10_epochs.ipynb")
+        assert {"config.json", "split.csv", "history.json", "initial.pt", "best.pt", "last.pt"} <= {p.name for p in (executed_workbook / "runs" / run).iterdir()}
+
+
+def test_a_weights_file_given_to_make_reaches_every_resnet50_run_and_the_report(executed_workbook, resnet50_weights_file):
+    for run in registry.run_names():
+        result = json.loads((executed_workbook / "runs" / run / "result.json").read_text())
+        if json.loads((executed_workbook / "runs" / run / "config.json").read_text())["model"] != "resnet50":
+            continue
+        assert result["weights"]["pretrained"] is True and result["weights"]["source"] == str(resnet50_weights_file), run
+        assert "'module.' prefix of every key removed" in result["weights"]["notes"]
+        assert "NOTICE" not in _text_outputs(_executed(executed_workbook, registry.run_entry(run)["notebook"]))
+    html = (executed_workbook / "reports" / "report.html").read_text()
+    assert f"resnet50-150ep: yes, {resnet50_weights_file}" in html, "the environment table names the file"
+    assert "Pretrained weights:" in html and "No ImageNet weights" not in html, "the deviations say so"
 
 
 def test_evaluation_writes_the_submission_and_scores(executed_workbook):
@@ -31,7 +46,7 @@ def test_evaluation_writes_the_submission_and_scores(executed_workbook):
     assert lines[0] == "# Id,Values" and len(lines) == 25
     assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(1, 25)]
     assert all(line.split(",")[1] in ("0", "1") for line in lines[1:])
-    assert "Example prediction, 5 items from front : [" in _text_outputs(executed_workbook / "05_evaluation.ipynb")
+    assert "Example prediction, 5 items from front : [" in _text_outputs(_executed(executed_workbook, "05_evaluation.ipynb"))
     evaluation = json.loads((executed_workbook / "reports" / "evaluation.json").read_text())
     assert evaluation["run"] == registry.final_run() and evaluation["metrics"]["n_test"] == 24
 

@@ -60,10 +60,10 @@ def test_killed_mid_epoch_then_resumed_ends_bit_for_bit(tiny_data, tmp_path, com
 def test_last_checkpoint_after_the_first_epoch_then_at_most_every_interval_and_the_last(
     tiny_data, tmp_path, monkeypatch, checkpoint_every_s, saved_epochs
 ):
-    import lib.train
+    import lib.run_folder
 
-    saved, save = [], lib.train.save_atomically
-    monkeypatch.setattr(lib.train, "save_atomically", lambda obj, path: (path.name == "last.pt" and saved.append(obj["epoch"]), save(obj, path)))
+    saved, save = [], lib.run_folder.save_atomically
+    monkeypatch.setattr(lib.run_folder, "save_atomically", lambda obj, path: (path.name == "last.pt" and saved.append(obj["epoch"]), save(obj, path)))
     fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), checkpoint_every_s=checkpoint_every_s, **TINY))
     assert saved == saved_epochs
 

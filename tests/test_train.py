@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from lib.config import run_config
 from lib.data import decode_tiles, read_layout
 from lib.models import BaselineCNN
-from lib.train import fit, load_result, log_line, predicted_labels, train_one_epoch
+from lib.models import predicted_labels
+from lib.run_folder import RunFolder
+from lib.train import fit, log_line, train_one_epoch
 
 
 def test_a_few_steps_lower_the_loss(tiny_data):
@@ -65,7 +67,7 @@ def test_fit_writes_a_run_that_loads_with_weights_only(tiny_data, tmp_path, caps
     model = BaselineCNN()
     model.load_state_dict(last["model"])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), last["model"].values()))
-    assert load_result("baseline", tmp_path).summary == result.summary
+    assert RunFolder(tmp_path / "baseline").result().summary == result.summary
     assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tensorboard").iterdir())
 
 

@@ -1,0 +1,180 @@
+"""runs/<run>/: the one module that knows a run's folder, its files and how each is written and read.
+
+    config.json    the RunConfig the run was trained with
+    split.csv      which tiles trained and which validated (`tile,side`), names relative to data_dir
+    history.json   one row per epoch, rewritten as each epoch ends
+    initial.pt     the weights before training (for the filter figures)
+    best.pt        the best validation state (model, optimizer, epoch), as the original kept
+    last.pt        everything needed to continue (model, optimizer, scheduler, epoch, random state)
+    result.json    the run's summary: what the report reads
+    tensorboard/   the original's scalar tags
+
+Every file is written to a temporary name and renamed, so an interruption leaves the previous one
+whole. Checkpoints are plain dicts of tensors and numbers, loaded with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lib.config import RunConfig
+from lib.paths import resolve
+
+CHECKPOINTS = ("initial", "best", "last")
+# A fresh start removes these, so that a later resume cannot continue another run's state.
+_STALE_ON_FRESH_START = ("last.pt", "best.pt", "history.json", "result.json", "split.csv")
+
+
+def save_atomically(obj, path: Path) -> None:
+    """Write `obj` (JSON for a dict or list and a .json path, torch.save otherwise) to a temporary
+    file, then rename it over `path`: an interruption leaves the previous file intact."""
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(obj, (dict, list)) and path.suffix == ".json":
+        tmp.write_text(json.dumps(obj, indent=2))
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint of ours (a dict of tensors and numbers), on the CPU, through the safe loader."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class RunResult:
+    """A run's saved results: its config (as a dict), its per-epoch history and its summary."""
+
+    config: dict
+    history: list[dict]
+    summary: dict
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config["runs_dir"]) / self.config["run"]
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """The tiles a run trained and validated on, by name (path relative to the data set's folder)."""
+
+    train: list[str]
+    valid: list[str]
+
+
+class RunFolder:
+    """One run's folder. `RunFolder(config.run_dir)` or `RunFolder("runs/baseline")` (relative paths
+    from the project root)."""
+
+    def __init__(self, path: str | Path):
+        self.path = resolve(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # Paths
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def result_file(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def split_file(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    def checkpoint_file(self, which: str) -> Path:
+        """`which`: "initial", "best" or "last"."""
+        if which not in CHECKPOINTS:
+            raise ValueError(f"unknown checkpoint {which!r}; a run folder holds {', '.join(CHECKPOINTS)}")
+        return self.path / f"{which}.pt"
+
+    # Writing
+    def start(self, fresh: bool) -> None:
+        """Create the folder; a fresh start also removes an earlier run's state and results."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for stale in _STALE_ON_FRESH_START:
+                (self.path / stale).unlink(missing_ok=True)
+
+    def write_config(self, config: RunConfig) -> None:
+        save_atomically(dataclasses.asdict(config), self.config_file)
+
+    def write_split(self, train: list[str], valid: list[str]) -> None:
+        tmp = self.split_file.with_name(self.split_file.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["tile", "side"])
+            writer.writerows([name, "train"] for name in train)
+            writer.writerows([name, "valid"] for name in valid)
+        os.replace(tmp, self.split_file)
+
+    def write_history(self, history: list[dict]) -> None:
+        save_atomically(history, self.history_file)
+
+    def write_result(self, summary: dict) -> None:
+        save_atomically(summary, self.result_file)
+
+    def save_checkpoint(self, which: str, state: dict) -> None:
+        save_atomically(state, self.checkpoint_file(which))
+
+    # Reading
+    def _require(self, path: Path) -> Path:
+        if not path.is_file():
+            raise FileNotFoundError(f"run {self.name!r} has no {path.name} at {path}; train it first (its notebook or `make run-all`)")
+        return path
+
+    def read_config(self) -> dict:
+        return json.loads(self._require(self.config_file).read_text())
+
+    def run_config(self) -> RunConfig:
+        """The saved config as a RunConfig (fields a later workbook added take their defaults;
+        fields it no longer has are dropped)."""
+        fields = {f.name for f in dataclasses.fields(RunConfig)}
+        return RunConfig(**{k: v for k, v in self.read_config().items() if k in fields})
+
+    def read_split(self) -> SplitRecord:
+        train, valid = [], []
+        with open(self._require(self.split_file), newline="") as f:
+            for row in csv.DictReader(f):
+                (train if row["side"] == "train" else valid).append(row["tile"])
+        return SplitRecord(train=train, valid=valid)
+
+    def read_history(self) -> list[dict]:
+        return json.loads(self._require(self.history_file).read_text())
+
+    def read_result(self) -> dict:
+        return json.loads(self._require(self.result_file).read_text())
+
+    def has_result(self) -> bool:
+        return self.result_file.is_file()
+
+    def load_checkpoint(self, which: str) -> dict:
+        return load_checkpoint(self._require(self.checkpoint_file(which)))
+
+    def result(self) -> RunResult:
+        """The finished run's config, history and summary; FileNotFoundError naming the file when
+        the run has not finished."""
+        summary = self.read_result()
+        return RunResult(config=self.read_config(), history=self.read_history(), summary=summary)
