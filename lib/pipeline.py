@@ -157,14 +157,54 @@ def fingerprint(notebook: str, parameters: dict, data: str, upstream: list[str] 
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class SetupError(RuntimeError):
+    """A part of the set-up the workbook needs is missing; the message names it and how to mend it."""
+
+
+MEND_VENV = "run `make venv` (it creates .venv from requirements.txt and registers the kernel)"
+
+
+def require_kernel() -> None:
+    """The notebooks' Jupyter kernel must be registered and its Python must exist: `pip install -r
+    requirements.txt` alone registers no kernel, and a re-created venv leaves a stale one."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    except NoSuchKernel:
+        raise SetupError(f"the notebooks' Jupyter kernel {KERNEL_NAME!r} is not registered for {sys.executable}. To mend it, {MEND_VENV}; "
+                         f"or, in the Python that has the workbook's packages: python -m ipykernel install --sys-prefix --name {KERNEL_NAME}") from None  # fmt: skip
+    python = spec.argv[0] if spec.argv else ""
+    if python and os.sep in python and not Path(python).is_file():
+        raise SetupError(f"the kernel {KERNEL_NAME!r} ({spec.resource_dir}) starts {python}, which no longer exists. To mend it, {MEND_VENV}")
+
+
+def require_writable(folder: Path, name: str) -> None:
+    """`folder` (a parameter `name`) can be created and written to, checked before anything runs,
+    so that a run is not lost at its end for want of a place to save it."""
+    probe = folder / f".write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SetupError(f"{name} {folder} is not writable ({error.strerror or error}). To mend it, choose another folder "
+                         f"({name.upper()}=/a/writable/folder, or {name}=... in a notebook), or make it writable (chmod u+w, chown)") from None  # fmt: skip
+
+
 def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
     """Run one notebook with papermill into `executed_dir`; raise NotebookFailed with a clear message on failure."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, parameters)
-    executed_dir.mkdir(parents=True, exist_ok=True)
+    require_kernel()
+    require_writable(executed_dir, "reports_dir")
     output = executed_dir / notebook
+    # The kernel imports lib/ from this checkout whatever its Python's site-packages say (the .pth that
+    # `make venv` writes is not there after a plain `pip install -r requirements.txt`).
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *(p for p in paths if p != str(PROJECT_ROOT))])
     print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
     start = time.perf_counter()
     try:
@@ -177,6 +217,9 @@ def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
             f"notebooks/{notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
             f"The executed notebook, with the error shown, is {output}"
         ) from None
+    except (RuntimeError, OSError, ValueError) as error:  # the kernel died or could not start
+        raise NotebookFailed(f"notebooks/{notebook} could not be executed: {type(error).__name__}: {error}\n"
+                             f"What it ran so far is in {output}") from None  # fmt: skip
     print(f"=== {notebook} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
@@ -231,9 +274,13 @@ def run_all(settings: dict | None = None) -> None:
     configs = {run: run_config(run, **parameters) for run in runs}  # every parameter checked here, by name
     first = configs[runs[0]]
     print(f"=== {first.profile_reason}", flush=True)
+    executed_dir = resolve(options.get("reports_dir") or REPORTS_DIR) / "executed"
+    require_kernel()
+    for folder, name in ((Path(first.runs_dir), "runs_dir"), (executed_dir.parent, "reports_dir"),
+                         *([(Path(first.cache_dir), "cache_dir")] if first.cache_dir else [])):  # fmt: skip
+        require_writable(folder, name)
     ensure_data(Path(first.data_dir))
     data = data_fingerprint(read_run_layout(first))
-    executed_dir = resolve(options.get("reports_dir") or REPORTS_DIR) / "executed"
     stamps = []
     for run, config in configs.items():
         notebook = registry.run_entry(run)["notebook"]
@@ -283,8 +330,13 @@ def main(argv: list[str] | None = None) -> int:
             run_all(settings)
         else:
             report({k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")})
-    except (NotebookFailed, FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
+    except (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"\nERROR: {error}", file=sys.stderr, flush=True)
+        return 1
+    except ModuleNotFoundError as error:
+        print(f"\nERROR: the Python package {error.name!r} is missing from {sys.executable}: the workbook's packages live in "
+              f".venv. To mend it, {MEND_VENV} and use make (`make run-all`) or .venv/bin/python -m lib.pipeline; or "
+              "install them into this Python with `pip install -r requirements.txt`", file=sys.stderr, flush=True)  # fmt: skip
         return 1
     print(f"=== {command} finished in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
