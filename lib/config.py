@@ -43,6 +43,7 @@ class RunConfig:
     data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file
     positive_class: str = ""  # class-folder data sets: the folder labelled 1 ("" = the second alphabetically, stated)
     skip_bad_images: bool = False  # leave out unreadable image files (counted in the record) instead of stopping
+    multi_page: str = "refuse"  # a file holding several images (multi-page TIFF, animated GIF): "refuse" (listed by name before training), "first" (its first image; a pyramid's full resolution) or "largest" (the most pixels)
     cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time
     runs_dir: str = str(RUNS_DIR)
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...

@@ -27,3 +27,35 @@ def class_folders(root: Path, counts: dict[str, int], suffix: str = ".png") -> P
             seed += 1
             write_tile(root / name / f"{name}{i}{suffix}", seed)
     return root
+
+
+def write_tiff(path: Path, pixels: np.ndarray, **options) -> Path:
+    """A TIFF of `pixels` as given (any dtype, pages first when options say so), written by tifffile."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, pixels, **options)
+    return path
+
+
+# The stored image that Pillow's exif_transpose turns back into the upright one, per EXIF orientation.
+_STORED_FOR = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_270}  # fmt: skip
+
+
+def write_oriented(path: Path, upright: Image.Image, orientation: int) -> Path:
+    """`upright` stored turned as a camera stores it, with the EXIF orientation that tells a viewer
+    how to turn it back (format from the suffix: JPEG as a phone writes it, PNG for exact pixels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[274] = orientation
+    upright.transpose(_STORED_FOR[orientation]).save(path, exif=exif)
+    return path
+
+
+def halves(width: int, height: int, top=(200, 30, 30), bottom=(30, 30, 200)) -> Image.Image:
+    """An RGB image whose top half is one colour and bottom half another: which way up it is shows."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[: height // 2], pixels[height // 2 :] = top, bottom
+    return Image.fromarray(pixels, "RGB")
