@@ -11,7 +11,9 @@ count, so one fix-and-rerun cycle is enough.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,6 +37,15 @@ LAYOUTS = {
     "class-folders": "exactly two folders of images, one per class (torchvision's ImageFolder); "
                      "positive_class names the folder labelled 1, else the second in alphabetical order",
 }  # fmt: skip
+
+# Label files as spreadsheets save them: the encodings told by their byte-order mark (UTF-32's
+# little-endian mark begins with UTF-16's, so it is tried first), and the delimiters in use.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UTF-16", "utf-16-le": "UTF-16", "utf-16-be": "UTF-16", "utf-32": "UTF-32"}
+EXPECTED_TEXT = ("expected a text file in UTF-8 (with or without a byte-order mark) or UTF-16, its columns separated by commas, "
+                 "semicolons or tabs: in a spreadsheet, save as 'CSV UTF-8' or 'Unicode Text'")  # fmt: skip
 
 # A tile is a file on disk or a member of a zip archive; both open with .open("rb") and print as a path.
 TileSource = Path | zipfile.Path
@@ -115,19 +126,70 @@ def _images_in_folder_or_zip(data_dir: Path, name: str, ignored: list[str]) -> d
     return images
 
 
-def _read_id_label_rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, id, label text) after a header row, by position, as the original read them."""
+def _decode_text(path: Path, strict: bool = True) -> tuple[str, str]:
+    """A label file's text and its encoding: the one its byte-order mark names (UTF-8, UTF-16 or
+    UTF-32, as spreadsheets save "CSV UTF-8" and "Unicode Text"), UTF-16 when every other byte is
+    zero without a mark, else UTF-8. Raises LayoutError naming the file and the line of the first
+    byte that is not text in that encoding (strict), or replaces such bytes (not strict: detection
+    only reads the header)."""
+    data = path.read_bytes()
+    if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        raise LayoutError(f"{path} is a spreadsheet workbook (.xlsx or .xls), not CSV text; {EXPECTED_TEXT}")
+    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    if encoding is None and b"\0" in data[:4096]:  # UTF-16 without a mark: ASCII text leaves every other byte zero
+        head = data[:4096]
+        encoding = "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
+    encoding = encoding or "utf-8"
+    try:
+        return data.decode(encoding), encoding
+    except UnicodeDecodeError as error:
+        if not strict:
+            return data.decode(encoding, errors="replace"), encoding
+        line = data[: error.start].decode(encoding, errors="replace").count("\n") + 1
+        hint = " (Excel's plain 'CSV' saves the computer's own code page, such as Windows-1252)" if encoding == "utf-8" else ""
+        raise LayoutError(f"{path}, line {line}: byte 0x{data[error.start]:02x} is not {ENCODING_NAMES[encoding]} text{hint}; {EXPECTED_TEXT}") from None
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter of a label file: the only one of DELIMITERS its header line holds; when it
+    holds none or several, csv.Sniffer's reading of the first lines; comma when that fails too."""
+    lines = [line for line in text.splitlines() if line.strip()][:50]
+    in_header = [d for d in DELIMITERS if lines and d in lines[0]]
+    if len(in_header) == 1:
+        return in_header[0]
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        return ","
+
+
+def _read_rows(path: Path, strict: bool = True) -> tuple[list[tuple[int, list[str]]], str]:
+    """The non-blank rows of a CSV file in any encoding and delimiter spreadsheets write, each with
+    its line number, fields stripped; and how it was read ("UTF-16, tab-separated"), for the record."""
+    text, encoding = _decode_text(path, strict)
+    delimiter = _delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader, None)  # the header: "id,label", "# Id,Values", whatever its names
-        for line_number, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise LayoutError(f"{path}, line {line_number}: expected 'id,label', got {','.join(row)!r}")
-            rows.append((line_number, row[0].strip(), row[1].strip()))
-    return rows
+    try:
+        for row in reader:
+            if row and "".join(row).strip():
+                rows.append((reader.line_num, [field.strip() for field in row]))
+    except csv.Error as error:
+        raise LayoutError(f"{path}, line {reader.line_num}: {error}; {EXPECTED_TEXT}") from None
+    return rows, f"{ENCODING_NAMES[encoding]}, {DELIMITERS[delimiter]}-separated"
+
+
+def _read_id_label_rows(path: Path) -> tuple[list[tuple[int, str, str]], str]:
+    """(line number, id, label text) after a header row, by position, as the original read them;
+    and how the file was read (encoding, delimiter)."""
+    rows, how = _read_rows(path)
+    result = []
+    for line_number, row in rows[1:]:  # the header: "id,label", "# Id,Values", whatever its names
+        if len(row) < 2:
+            raise LayoutError(f"{path}, line {line_number}: expected two columns, id and label, got {row[0]!r} (the file reads as "
+                              f"{how}); {EXPECTED_TEXT}")  # fmt: skip
+        result.append((line_number, row[0], row[1]))
+    return result, how
 
 
 def _check_labels(label_file: Path, rows: list[tuple[int, str, str]], images: dict[str, TileSource] | None, what: str) -> np.ndarray:
@@ -170,7 +232,7 @@ def _test_part(data_dir: Path, ignored: list[str]) -> tuple[list[str], list[Tile
     labels = None
     label_file = data_dir / "test_label.csv"
     if ids and label_file.is_file():
-        known = {tile_id: label for _, tile_id, label in _read_id_label_rows(label_file)}
+        known = {tile_id: label for _, tile_id, label in _read_id_label_rows(label_file)[0]}
         if all(i in known for i in ids):
             labels = _check_labels(label_file, [(0, i, known[i]) for i in ids], None, "test")
     return ids, [images[i] for i in ids], labels
@@ -185,37 +247,38 @@ def _read_position_layout(data_dir: Path, layout: str, label_name: str) -> TileI
     images = _images_in_folder_or_zip(data_dir, "train", ignored)
     label_file = data_dir / label_name
     where = "train/" if (data_dir / "train").is_dir() else "train.zip"
-    rows = _read_id_label_rows(label_file)
+    rows, how = _read_id_label_rows(label_file)
     labels = _check_labels(label_file, rows, images, where)
     test_ids, test_paths, test_labels = _test_part(data_dir, ignored)
     return TileIndex(
         data_dir=data_dir, layout=layout, train_paths=[images[tile_id] for _, tile_id, _ in rows],
         train_labels=labels, train_groups=None, test_ids=test_ids, test_paths=test_paths,
         test_labels=test_labels, origin=_origin(data_dir),
-        label_rule=f"labels from {label_name} by position (first column the file stem, second 0/1)", ignored=ignored,
+        label_rule=f"labels from {label_name} by position (first column the file stem, second 0/1; {how})", ignored=ignored,
     )  # fmt: skip
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [name.strip().lower() for name in next(csv.reader(f), [])]
+    """The column names of a CSV's first row, lower case; for detection, so bytes that are not text
+    are replaced here and reported when the file is read."""
+    rows, _ = _read_rows(path, strict=False)
+    return [name.lower() for name in rows[0][1]] if rows else []
 
 
 def _read_csv_layout(csv_file: Path) -> TileIndex:
     base = csv_file.parent
-    missing_columns = {"path", "label"} - set(_csv_header(csv_file))
+    table, how = _read_rows(csv_file)
+    header = [name.lower() for name in table[0][1]] if table else []
+    missing_columns = {"path", "label"} - set(header)
     if missing_columns:
-        raise LayoutError(f"{csv_file}: its header names no {' or '.join(sorted(missing_columns))} column; "
-                          f"the csv layout needs {LAYOUTS['csv']}")  # fmt: skip
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
-        records = [(n, {k: (v or "").strip() for k, v in row.items() if k}) for n, row in enumerate(reader, start=2)]
-    records = [(n, r) for n, r in records if any(r.values())]
+        raise LayoutError(f"{csv_file}, line 1: its header names no {' or '.join(sorted(missing_columns))} column (it reads as {how}: "
+                          f"{', '.join(header) or 'nothing'}); the csv layout needs {LAYOUTS['csv']}")  # fmt: skip
+    columns = {name: k for k, name in enumerate(header) if name}
+    records = [(n, {name: row[k] if k < len(row) else "" for name, k in columns.items()}) for n, row in table[1:]]
     rows = [(n, r["path"], r["label"]) for n, r in records]
     images = {r["path"]: base / r["path"] for _, r in records if (base / r["path"]).is_file()}
     labels = _check_labels(csv_file, rows, images, f"{base} (paths relative to the CSV)")
-    has_groups = "group" in (reader.fieldnames or [])
+    has_groups = "group" in columns
     if has_groups:
         missing = [f"line {n}" for n, r in records if not r["group"]]
         if missing:
@@ -224,7 +287,7 @@ def _read_csv_layout(csv_file: Path) -> TileIndex:
         data_dir=base, layout="csv", train_paths=[base / path for _, path, _ in rows], train_labels=labels,
         train_groups=np.array([r["group"] for _, r in records]) if has_groups else None,
         test_ids=[], test_paths=[], test_labels=None, origin=_origin(base),
-        label_rule=f"labels{' and groups' if has_groups else ''} from {csv_file.name} by column name",
+        label_rule=f"labels{' and groups' if has_groups else ''} from {csv_file.name} by column name ({how})",
     )  # fmt: skip
 
 
