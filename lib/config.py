@@ -42,6 +42,8 @@ class RunConfig:
     split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"
     data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file
     positive_class: str = ""  # class-folder data sets: the folder labelled 1 ("" = the second alphabetically, stated)
+    class_map: str = ""  # class-folder data sets: folders at any level mapped to labels, "colon_aca=1,colon_n=0,lung_scc=1" (1 = cancer); images in folders it leaves out are left out, stated; "" = two class folders
+    group_level: int = 0  # class-folder data sets: the folder level naming each image's patient or slide, counted 1, 2, ... down from the class folder or -1, -2, ... up from the image (-1 = its own folder); 0 = no groups
     skip_bad_images: bool = False  # leave out unreadable image files (counted in the record) instead of stopping
     multi_page: str = "refuse"  # a file holding several images (multi-page TIFF, animated GIF): "refuse" (listed by name before training), "first" (its first image; a pyramid's full resolution) or "largest" (the most pixels)
     cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time

@@ -59,3 +59,40 @@ def halves(width: int, height: int, top=(200, 30, 30), bottom=(30, 30, 200)) -> 
     pixels = np.zeros((height, width, 3), dtype=np.uint8)
     pixels[: height // 2], pixels[height // 2 :] = top, bottom
     return Image.fromarray(pixels, "RGB")
+
+
+def breakhis_tree(root: Path, per_folder: int = 2) -> Path:
+    """BreakHis as unzipped, in small: BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/
+    <subtype>/<patient>/<40X|100X>/<patient-magnification-n>.png, tiles 35x23 (700x460 / 20).
+    Two subtypes per class (benign's phyllodes_tumor holds a tumour word), two patients each."""
+    subtypes = {"benign": {"adenosis": "A", "phyllodes_tumor": "PT"}, "malignant": {"ductal_carcinoma": "DC", "lobular_carcinoma": "LC"}}
+    seed = 0
+    breast = root / "BreaKHis_v1" / "histology_slides" / "breast"
+    for kind, by_subtype in subtypes.items():
+        for subtype, code in by_subtype.items():
+            for number in (101, 202):
+                patient = f"SOB_{kind[0].upper()}_{code}_14-{number}{code}"
+                for magnification in ("40X", "100X"):
+                    for i in range(1, per_folder + 1):
+                        seed += 1
+                        path = breast / kind / "SOB" / subtype / patient / magnification / f"{patient.replace('_14', '-14')}-{magnification[:-1]}-{i:03d}.png"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        pixels = np.random.default_rng(seed).integers(0, 256, (23, 35, 3), dtype=np.uint8)
+                        Image.fromarray(pixels, "RGB").save(path)
+    return breast
+
+
+LC25000_CLASSES = {"colon_image_sets": ("colon_aca", "colon_n"), "lung_image_sets": ("lung_aca", "lung_n", "lung_scc")}
+
+
+def lc25000_tree(root: Path, per_class: int = 3) -> Path:
+    """LC25000 as unzipped, in small: lung_colon_image_set/{colon_image_sets/{colon_aca,colon_n},
+    lung_image_sets/{lung_aca,lung_n,lung_scc}}/<name><n>.jpeg."""
+    top = root / "lung_colon_image_set"
+    seed = 100
+    for organ, classes in LC25000_CLASSES.items():
+        for name in classes:
+            for i in range(1, per_class + 1):
+                seed += 1
+                write_tile(top / organ / name / f"{name.replace('_', '')}{i}.jpeg", seed, size=24)
+    return top
