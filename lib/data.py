@@ -184,8 +184,9 @@ def _is_tiff(f) -> bool:
 
 def read_tile(source: TileSource, multi_page: str = "refuse") -> tuple[Image.Image, str, dict[str, str]]:
     """The image a viewer shows for one file, before resizing: upright by its EXIF orientation,
-    scaled to 8 bits by its range when deeper (a TIFF through tifffile, where Pillow would clip or
-    truncate it), one image chosen by `multi_page` when the file holds several. Returns the image
+    scaled to 8 bits by its range when deeper (_to_8_bits; a 16-bit RGB TIFF, of which Pillow keeps
+    8 bits, or a TIFF Pillow cannot open, through tifffile), one image chosen by `multi_page` when
+    the file holds several. Returns the image
     (an 8-bit PIL mode: L, LA, RGB, RGBA, P, CMYK, ...), the file's mode ("RGB", "I;16", "RGB;16",
     ...) and what was done, as {DecodeRecord field: key}. Raises MultiPageError for a file of
     several images under multi_page='refuse', and Pillow's or tifffile's errors for a bad file."""
@@ -208,20 +209,29 @@ def read_tile(source: TileSource, multi_page: str = "refuse") -> tuple[Image.Ima
                 k, notes["pages"] = _choose_page(n_pages, lambda j: (image.seek(j), image.size)[1], multi_page, kind)
                 image.seek(k)
             bits = image.tag_v2.get(258, (8,)) if image.format == "TIFF" else (8,)
-            if max(bits if isinstance(bits, tuple) else (bits,)) > 8:
+            bits = max(bits if isinstance(bits, tuple) else (bits,))
+            # Pillow holds the values of grey 16-bit, 32-bit integer and float images (whatever the
+            # TIFF compression, through libtiff); of 16-bit RGB TIFF it would keep 8 bits: tifffile reads those.
+            deep_mode = image.mode.startswith("I") or image.mode == "F"
+            if bits > 8 and not deep_mode:
                 f.seek(0)
                 image, mode = _read_deep_tiff(f, multi_page, notes)
                 return _apply_orientation(image, notes), mode, notes
+            white_is_zero = image.format == "TIFF" and image.tag_v2.get(262) == 0  # Pillow inverts such 8-bit TIFF, not deeper ones
             # Pillow reads a 16-bit RGB PNG as 8-bit RGB (the high byte of each value): 0..65535, recorded.
             high_byte = image.format == "PNG" and bool(image.tile) and ";16" in str(image.tile[0].args) and image.mode in ("RGB", "RGBA")
-            image.load()  # decode now: a truncated file fails here, not halfway through an epoch
-            orientation = image.getexif().get(274, 1)
+            orientation = image.getexif().get(274, 1)  # read before load(): Pillow's TIFF loader turns the image and drops the tag
             if orientation in ORIENTATIONS:
                 notes["oriented"] = str(orientation)
-            image = ImageOps.exif_transpose(image)  # a copy, upright, that outlives the file
+            image.load()  # decode now: a truncated file fails here, not halfway through an epoch
+            still_turned = image.getexif().get(274, 1) in ORIENTATIONS
+            image = ImageOps.exif_transpose(image) if still_turned else image.copy()  # upright, and outlives the file
     mode = image.mode
-    if mode.startswith("I") or mode == "F":  # 16- and 32-bit integers, floats: convert() would clip them
-        image = _image_from_deep(np.asarray(image), mode, notes)
+    if deep_mode:  # 16- and 32-bit integers, floats: convert() would clip them
+        pixels = np.asarray(image)
+        if white_is_zero and np.issubdtype(pixels.dtype, np.integer):
+            pixels = (2**bits - 1) - pixels.astype(np.int64)
+        image = _image_from_deep(pixels, mode, notes)
     elif high_byte:
         mode = f"{mode};16"
         notes["rescaled"] = f"{mode} 0..65535 (16 bits; Pillow keeps the high byte)"

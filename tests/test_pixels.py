@@ -154,3 +154,15 @@ def test_the_original_input_path_reads_files_as_the_decoded_path_does(tmp_path):
         assert torch.equal(dataset[i][0], tiles[i].float() / 255)
     with pytest.raises(ValueError, match="multi_page='every' is not one of"):
         FileTileDataset([stack], torch.tensor([0]), 8, multi_page="every")
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "packbits"])
+def test_compressed_16_bit_tiffs_are_read_by_their_values(tmp_path, compression):
+    grey, rgb = spread_16_bit((12, 12), seed=5), spread_16_bit((12, 12, 3), seed=6)
+    sources = [write_tiff(tmp_path / "grey.tif", grey, compression=compression),
+               write_tiff(tmp_path / "rgb.tif", rgb, photometric="rgb", compression=compression)]  # fmt: skip
+    Image.fromarray(grey).save(tmp_path / "grey-libtiff.tif", compression={"lzw": "tiff_lzw", "zlib": "tiff_adobe_deflate"}.get(compression, compression))
+    tiles, _, record = decode_tiles([*sources, tmp_path / "grey-libtiff.tif"], size=12, cache_dir=None)
+    assert np.abs(tiles[0, 0].numpy() - np.rint(grey / 257.0)).max() <= 1 and torch.equal(tiles[0], tiles[2])
+    assert np.abs(tiles[1].permute(1, 2, 0).numpy() - np.rint(rgb / 257.0)).max() <= 1
+    assert record.rescaled == {"I;16 0..65535 (16 bits)": 2, "RGB;16 0..65535 (16 bits)": 1}
