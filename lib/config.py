@@ -34,7 +34,10 @@ class RunConfig:
     # The data
     data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file (relative: from the project root)
     positive_class: str = ""  # class-folder data sets: the folder labelled 1 (empty: the second alphabetically, stated)
+    class_map: str = ""  # class-folder data sets: folders at any level mapped to labels, each folder name, an equals sign and 0 or 1 (1 is cancer), comma-separated (README); images in folders it leaves out are left out, stated; empty: two class folders
+    group_level: int = 0  # class-folder data sets: the folder level naming each image's patient or slide, 1, 2, ... down from the class folder or -1, -2, ... up from the image (-1: its own folder); 0: no groups
     skip_bad_images: bool = False  # True: leave out unreadable image files (counted in the record) instead of stopping
+    multi_page: str = "refuse"  # a file holding several images (multi-page TIFF, animated GIF): "refuse" (listed by name before training), "first" (its first image; a pyramid's full resolution) or "largest" (the most pixels)
     subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
     valid_fraction: float = 0.1  # share of the labelled tiles that validate (0 < f < 1)
     split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"

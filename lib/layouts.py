@@ -4,14 +4,22 @@ Four layouts, tried in this order (the first that fits wins, and the run records
   course         train/<id>.jpg (or train.zip) + train_label.csv, columns read by position
   pcam           train/<id>.tif + train_labels.csv (PatchCamelyon as on Kaggle), by position
   csv            a CSV with a header naming path,label[,group]; paths relative to the CSV
-  class-folders  two folders of images, one per class (torchvision's ImageFolder)
+  class-folders  two folders of images, one per class (torchvision's ImageFolder), the images at any
+                 depth below them; or any folders of the tree mapped to 0 and 1 by class_map; a folder
+                 level may name the group (group_level)
 Every problem found in the labels is reported at once, each kind with its first ten offenders and a
-count, so one fix-and-rerun cycle is enough.
+count, so one fix-and-rerun cycle is enough. Label files are read in the encodings and delimiters
+spreadsheets write; a folder that matches no layout is answered with where its images are and the
+nearest layout that would read them.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import os
+import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,9 +40,20 @@ LAYOUTS = {
     "pcam": "train/<id>.tif with train_labels.csv (id,label), the PatchCamelyon/Kaggle form; optionally test/<id>.tif",
     "csv": "one CSV file whose header names path,label and optionally group (paths relative to the CSV's "
            "folder); give the file itself as data_dir when the folder holds several",
-    "class-folders": "exactly two folders of images, one per class (torchvision's ImageFolder); "
-                     "positive_class names the folder labelled 1, else the second in alphabetical order",
+    "class-folders": "two folders of images, one per class (torchvision's ImageFolder), the images at any depth below "
+                     "them; positive_class names the folder labelled 1, else the second in alphabetical order. More "
+                     "classes, or classes deeper in the tree: class_map='colon_aca=1,colon_n=0,...'; a folder level "
+                     "naming the patient or slide: group_level=N (a grouped, leak-free split)",
 }  # fmt: skip
+
+# Label files as spreadsheets save them: the encodings told by their byte-order mark (UTF-32's
+# little-endian mark begins with UTF-16's, so it is tried first), and the delimiters in use.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UTF-16", "utf-16-le": "UTF-16", "utf-16-be": "UTF-16", "utf-32": "UTF-32"}
+EXPECTED_TEXT = ("expected a text file in UTF-8 (with or without a byte-order mark) or UTF-16, its columns separated by commas, "
+                 "semicolons or tabs: in a spreadsheet, save as 'CSV UTF-8' or 'Unicode Text'")  # fmt: skip
 
 # A tile is a file on disk or a member of a zip archive; both open with .open("rb") and print as a path.
 TileSource = Path | zipfile.Path
@@ -59,6 +78,7 @@ class TileIndex:
     origin: str  # where the data came from, for the report
     label_rule: str  # how labels were read, in words, for the run's record
     ignored: list[str] = field(default_factory=list)  # system files passed over
+    warnings: list[str] = field(default_factory=list)  # what the user must hear (printed with WARNING:), also in label_rule
 
     def name_of(self, source: TileSource) -> str:
         """A labelled tile's id where the layout has no test set: its path below data_dir."""
@@ -85,13 +105,14 @@ def _images_in(entries, ignored: list[str]) -> dict[str, TileSource]:
     that is not an image is left alone (a README beside the tiles is fine)."""
     images: dict[str, TileSource] = {}
     for entry in entries:
+        source = Path(entry.path) if isinstance(entry, os.DirEntry) else entry  # a scandir entry knows is_file() without a stat
         if _is_system_file(entry.name):
-            ignored.append(str(entry))
+            ignored.append(str(source))
         elif entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.startswith("."):
             stem = entry.name.rsplit(".", 1)[0]
             if stem in images:
-                raise LayoutError(f"two images share the id {stem!r}: {images[stem]} and {entry}")
-            images[stem] = entry
+                raise LayoutError(f"two images share the id {stem!r}: {images[stem]} and {source}")
+            images[stem] = source
     return images
 
 
@@ -115,19 +136,70 @@ def _images_in_folder_or_zip(data_dir: Path, name: str, ignored: list[str]) -> d
     return images
 
 
-def _read_id_label_rows(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, id, label text) after a header row, by position, as the original read them."""
+def _decode_text(path: Path, strict: bool = True) -> tuple[str, str]:
+    """A label file's text and its encoding: the one its byte-order mark names (UTF-8, UTF-16 or
+    UTF-32, as spreadsheets save "CSV UTF-8" and "Unicode Text"), UTF-16 when every other byte is
+    zero without a mark, else UTF-8. Raises LayoutError naming the file and the line of the first
+    byte that is not text in that encoding (strict), or replaces such bytes (not strict: detection
+    only reads the header)."""
+    data = path.read_bytes()
+    if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        raise LayoutError(f"{path} is a spreadsheet workbook (.xlsx or .xls), not CSV text; {EXPECTED_TEXT}")
+    encoding = next((name for mark, name in BYTE_ORDER_MARKS if data.startswith(mark)), None)
+    if encoding is None and b"\0" in data[:4096]:  # UTF-16 without a mark: ASCII text leaves every other byte zero
+        head = data[:4096]
+        encoding = "utf-16-le" if head[1::2].count(0) > head[0::2].count(0) else "utf-16-be"
+    encoding = encoding or "utf-8"
+    try:
+        return data.decode(encoding), encoding
+    except UnicodeDecodeError as error:
+        if not strict:
+            return data.decode(encoding, errors="replace"), encoding
+        line = data[: error.start].decode(encoding, errors="replace").count("\n") + 1
+        hint = " (Excel's plain 'CSV' saves the computer's own code page, such as Windows-1252)" if encoding == "utf-8" else ""
+        raise LayoutError(f"{path}, line {line}: byte 0x{data[error.start]:02x} is not {ENCODING_NAMES[encoding]} text{hint}; {EXPECTED_TEXT}") from None
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter of a label file: the only one of DELIMITERS its header line holds; when it
+    holds none or several, csv.Sniffer's reading of the first lines; comma when that fails too."""
+    lines = [line for line in text.splitlines() if line.strip()][:50]
+    in_header = [d for d in DELIMITERS if lines and d in lines[0]]
+    if len(in_header) == 1:
+        return in_header[0]
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        return ","
+
+
+def _read_rows(path: Path, strict: bool = True) -> tuple[list[tuple[int, list[str]]], str]:
+    """The non-blank rows of a CSV file in any encoding and delimiter spreadsheets write, each with
+    its line number, fields stripped; and how it was read ("UTF-16, tab-separated"), for the record."""
+    text, encoding = _decode_text(path, strict)
+    delimiter = _delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader, None)  # the header: "id,label", "# Id,Values", whatever its names
-        for line_number, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise LayoutError(f"{path}, line {line_number}: expected 'id,label', got {','.join(row)!r}")
-            rows.append((line_number, row[0].strip(), row[1].strip()))
-    return rows
+    try:
+        for row in reader:
+            if row and "".join(row).strip():
+                rows.append((reader.line_num, [field.strip() for field in row]))
+    except csv.Error as error:
+        raise LayoutError(f"{path}, line {reader.line_num}: {error}; {EXPECTED_TEXT}") from None
+    return rows, f"{ENCODING_NAMES[encoding]}, {DELIMITERS[delimiter]}-separated"
+
+
+def _read_id_label_rows(path: Path) -> tuple[list[tuple[int, str, str]], str]:
+    """(line number, id, label text) after a header row, by position, as the original read them;
+    and how the file was read (encoding, delimiter)."""
+    rows, how = _read_rows(path)
+    result = []
+    for line_number, row in rows[1:]:  # the header: "id,label", "# Id,Values", whatever its names
+        if len(row) < 2:
+            raise LayoutError(f"{path}, line {line_number}: expected two columns, id and label, got {row[0]!r} (the file reads as "
+                              f"{how}); {EXPECTED_TEXT}")  # fmt: skip
+        result.append((line_number, row[0], row[1]))
+    return result, how
 
 
 def _check_labels(label_file: Path, rows: list[tuple[int, str, str]], images: dict[str, TileSource] | None, what: str) -> np.ndarray:
@@ -170,7 +242,7 @@ def _test_part(data_dir: Path, ignored: list[str]) -> tuple[list[str], list[Tile
     labels = None
     label_file = data_dir / "test_label.csv"
     if ids and label_file.is_file():
-        known = {tile_id: label for _, tile_id, label in _read_id_label_rows(label_file)}
+        known = {tile_id: label for _, tile_id, label in _read_id_label_rows(label_file)[0]}
         if all(i in known for i in ids):
             labels = _check_labels(label_file, [(0, i, known[i]) for i in ids], None, "test")
     return ids, [images[i] for i in ids], labels
@@ -185,37 +257,38 @@ def _read_position_layout(data_dir: Path, layout: str, label_name: str) -> TileI
     images = _images_in_folder_or_zip(data_dir, "train", ignored)
     label_file = data_dir / label_name
     where = "train/" if (data_dir / "train").is_dir() else "train.zip"
-    rows = _read_id_label_rows(label_file)
+    rows, how = _read_id_label_rows(label_file)
     labels = _check_labels(label_file, rows, images, where)
     test_ids, test_paths, test_labels = _test_part(data_dir, ignored)
     return TileIndex(
         data_dir=data_dir, layout=layout, train_paths=[images[tile_id] for _, tile_id, _ in rows],
         train_labels=labels, train_groups=None, test_ids=test_ids, test_paths=test_paths,
         test_labels=test_labels, origin=_origin(data_dir),
-        label_rule=f"labels from {label_name} by position (first column the file stem, second 0/1)", ignored=ignored,
+        label_rule=f"labels from {label_name} by position (first column the file stem, second 0/1; {how})", ignored=ignored,
     )  # fmt: skip
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [name.strip().lower() for name in next(csv.reader(f), [])]
+    """The column names of a CSV's first row, lower case; for detection, so bytes that are not text
+    are replaced here and reported when the file is read."""
+    rows, _ = _read_rows(path, strict=False)
+    return [name.lower() for name in rows[0][1]] if rows else []
 
 
 def _read_csv_layout(csv_file: Path) -> TileIndex:
     base = csv_file.parent
-    missing_columns = {"path", "label"} - set(_csv_header(csv_file))
+    table, how = _read_rows(csv_file)
+    header = [name.lower() for name in table[0][1]] if table else []
+    missing_columns = {"path", "label"} - set(header)
     if missing_columns:
-        raise LayoutError(f"{csv_file}: its header names no {' or '.join(sorted(missing_columns))} column; "
-                          f"the csv layout needs {LAYOUTS['csv']}")  # fmt: skip
-    with open(csv_file, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
-        records = [(n, {k: (v or "").strip() for k, v in row.items() if k}) for n, row in enumerate(reader, start=2)]
-    records = [(n, r) for n, r in records if any(r.values())]
+        raise LayoutError(f"{csv_file}, line 1: its header names no {' or '.join(sorted(missing_columns))} column (it reads as {how}: "
+                          f"{', '.join(header) or 'nothing'}); the csv layout needs {LAYOUTS['csv']}")  # fmt: skip
+    columns = {name: k for k, name in enumerate(header) if name}
+    records = [(n, {name: row[k] if k < len(row) else "" for name, k in columns.items()}) for n, row in table[1:]]
     rows = [(n, r["path"], r["label"]) for n, r in records]
     images = {r["path"]: base / r["path"] for _, r in records if (base / r["path"]).is_file()}
     labels = _check_labels(csv_file, rows, images, f"{base} (paths relative to the CSV)")
-    has_groups = "group" in (reader.fieldnames or [])
+    has_groups = "group" in columns
     if has_groups:
         missing = [f"line {n}" for n, r in records if not r["group"]]
         if missing:
@@ -224,42 +297,212 @@ def _read_csv_layout(csv_file: Path) -> TileIndex:
         data_dir=base, layout="csv", train_paths=[base / path for _, path, _ in rows], train_labels=labels,
         train_groups=np.array([r["group"] for _, r in records]) if has_groups else None,
         test_ids=[], test_paths=[], test_labels=None, origin=_origin(base),
-        label_rule=f"labels{' and groups' if has_groups else ''} from {csv_file.name} by column name",
+        label_rule=f"labels{' and groups' if has_groups else ''} from {csv_file.name} by column name ({how})",
     )  # fmt: skip
 
 
-def _class_folders(data_dir: Path) -> list[Path]:
-    return sorted(
-        p for p in data_dir.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and p.name.lower() not in SPLIT_FOLDER_NAMES
-        and any(f.name.lower().endswith(IMAGE_SUFFIXES) for f in p.iterdir())
-    )  # fmt: skip
+# Words in folder names (split at anything not a letter or digit) that mean a tumour or normal tissue:
+# for the warning when a tumour's name becomes class 0 by alphabetical order, for telling two class
+# folders from two folders of classes, and for the class_map a refusal suggests. "1" and "0" count
+# as whole names only (patient_1 is not a class).
+TUMOUR_WORDS = {"aca", "scc", "malignant", "malignancy", "tumor", "tumour", "cancer", "cancerous", "carcinoma", "adenocarcinoma",
+                "metastasis", "metastases", "metastatic", "positive"}  # fmt: skip
+NORMAL_WORDS = {"n", "normal", "benign", "healthy", "negative", "nontumor", "nontumour", "noncancer", "noncancerous"}
 
 
-def _read_class_folders(data_dir: Path, folders: list[Path], positive_class: str) -> TileIndex:
-    names = [f.name for f in folders]
-    if len(folders) != 2:
-        raise LayoutError(f"{data_dir}: class folders must be exactly two (one per class); found {len(folders)}: {', '.join(names)}")
-    if positive_class:
-        if positive_class not in names:
-            raise LayoutError(f"positive_class={positive_class!r} is not one of the class folders in {data_dir}: {', '.join(names)}")
-        rule = f"class folders: {positive_class} is 1 (positive_class), the other 0"
-    else:
-        positive_class = names[1]
-        rule = (f"class folders: {names[1]} is 1 and {names[0]} is 0 by alphabetical order (torchvision's "
-                "ImageFolder rule); set positive_class to choose")  # fmt: skip
+def class_meaning(name: str) -> str:
+    """What a folder name says of its tiles: "tumour" (colon_aca, malignant, 1), "normal" (lung_n,
+    benign, non-tumour, 0) or "" (SOB, 40X, patient_1)."""
+    lowered = name.lower()
+    if lowered in ("0", "1"):
+        return "normal" if lowered == "0" else "tumour"
+    words = [w for w in re.split(r"[^a-z0-9]+", lowered) if w]
+    negated = any(w in ("non", "no", "not") and nxt in TUMOUR_WORDS for w, nxt in zip(words, words[1:]))
+    if negated or NORMAL_WORDS & set(words):
+        return "normal"
+    return "tumour" if TUMOUR_WORDS & set(words) else ""
+
+
+def _walk_images(folder: Path, ignored: list[str], parts: tuple[str, ...], seen: set[str] | None = None) -> list[tuple[tuple[str, ...], Path]]:
+    """Every image below `folder` at any depth, each with the folder names from data_dir to it
+    (`parts` names `folder`): a folder's own images in id order, then its sub-folders' in name
+    order. Hidden and system folders are passed over; a folder linked twice is read once."""
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)
+    if real in seen:
+        return []
+    seen.add(real)
+    with os.scandir(folder) as scan:
+        entries = sorted(scan, key=lambda e: e.name)
+    images = _images_in(entries, ignored)
+    found = [(parts, images[stem]) for stem in sorted(images, key=_natural_key)]
+    for entry in sorted((e for e in entries if e.is_dir() and not e.name.startswith(".") and not _is_system_file(e.name)),
+                        key=lambda e: _natural_key(e.name)):  # fmt: skip
+        found += _walk_images(Path(entry.path), ignored, (*parts, entry.name), seen)
+    return found
+
+
+def _top_folders(data_dir: Path) -> list[Path]:
+    """The folders of data_dir that can be classes: not hidden, not a system folder, not a split's (train/, test/)."""
+    return sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and not _is_system_file(p.name)
+                  and p.name.lower() not in SPLIT_FOLDER_NAMES)  # fmt: skip
+
+
+def _where(found: list[tuple[tuple[str, ...], Path]], count: int = 8) -> str:
+    """Where images were found: the folders holding them, with how many each, the first `count`."""
+    folders = Counter("/".join(parts) + "/" if parts else "(the folder itself)" for parts, _ in found)
+    shown = ", ".join(f"{name} ({n})" for name, n in list(folders.items())[:count])
+    return f"{shown}{', ...' if len(folders) > count else ''} ({len(found)} images in {len(folders)} folders)"
+
+
+def _suggested_map(names) -> str:
+    """A class_map for `names`, 1 where the name means a tumour, 0 where it means normal tissue, ? where it says neither."""
+    value = {"tumour": "1", "normal": "0", "": "?"}
+    return ",".join(f"{name}={value[class_meaning(name)]}" for name in names)
+
+
+def _parse_class_map(class_map: str) -> dict[str, int]:
+    """A class_map such as "colon_aca=1,colon_n=0" (commas or semicolons; a name may be a path below
+    data_dir, lung/n) as {folder: label}. Raises LayoutError for anything else, or a map without both labels."""
+    how = ("expected folder names mapped to 1 (cancer) or 0 (normal), separated by commas, e.g. "
+           "class_map='colon_aca=1,colon_n=0'")  # fmt: skip
+    mapping: dict[str, int] = {}
+    for pair in (p.strip() for p in re.split(r"[,;]", class_map) if p.strip()):
+        name, equals, value = (part.strip() for part in pair.partition("="))
+        name = name.strip("/")
+        if not equals or not name or value not in ("0", "1"):
+            raise LayoutError(f"class_map={class_map!r}: {pair!r} is not name=0 or name=1; {how}")
+        if name in mapping:
+            raise LayoutError(f"class_map={class_map!r} names {name!r} twice; {how}")
+        mapping[name] = int(value)
+    if set(mapping.values()) != {0, 1}:
+        raise LayoutError(f"class_map={class_map!r} must map at least one folder to 1 and one to 0; {how}")
+    return mapping
+
+
+def _numbered(parts: tuple[str, ...], class_depth: int, source: Path) -> str:
+    """An image's path with the levels below its class folder numbered as group_level counts them."""
+    below = [f"[{k}] {name}" for k, name in enumerate(parts[class_depth + 1 :], start=1)]
+    return "/".join([*parts[: class_depth + 1], *below, source.name])
+
+
+def _groups_at(group_level: int, found, class_depths: list[int]) -> np.ndarray:
+    """The name of the folder `group_level` levels below each image's class folder (negative: above
+    the image, -1 its own folder). Raises LayoutError, with an example, where an image has no such level."""
+    groups, short = [], []
+    for (parts, source), depth in zip(found, class_depths):
+        below = parts[depth + 1 :]
+        if abs(group_level) > len(below):
+            short.append(_numbered(parts, depth, source))
+            continue
+        groups.append(below[group_level - 1] if group_level > 0 else below[group_level])
+    if short:
+        raise LayoutError(f"group_level={group_level} names a folder level that some images lack (levels below the class folder "
+                          f"are numbered 1, 2, ... from the top, -1, -2, ... from the image): {_first(short, 3)}")  # fmt: skip
+    return np.array(groups)
+
+
+def _read_class_folders(data_dir: Path, positive_class: str, class_map: str, group_level: int) -> TileIndex | None:
+    """Class folders with their images at any depth: two folders (positive_class or the alphabetical
+    rule says which is 1), or any folders at any level that class_map maps to 0 and 1. None when no
+    folder of data_dir holds an image. Raises LayoutError for more or fewer than two classes without
+    a map, for two folders that each hold folders naming classes, and for a map that fits nothing."""
     ignored: list[str] = []
-    paths, labels = [], []
-    for folder in folders:
-        images = _images_in(folder.iterdir(), ignored)
-        for stem in sorted(images, key=_natural_key):
-            paths.append(images[stem])
-            labels.append(1 if folder.name == positive_class else 0)
+    found = [item for folder in _top_folders(data_dir) for item in _walk_images(folder, ignored, (folder.name,))]
+    if not found:
+        return None
+    warnings, notes = [], []
+    if class_map:
+        if positive_class:
+            raise LayoutError(f"give positive_class or class_map, not both (positive_class={positive_class!r}, class_map={class_map!r})")
+        mapping = _parse_class_map(class_map)
+        matched, labels, class_depths, kept, left_out, hits = set(), [], [], [], Counter(), {}
+        for parts, source in found:
+            if parts not in hits:  # the deepest folder above the image that the map names, and its depth
+                hits[parts] = next(((name, depth) for depth in range(len(parts) - 1, -1, -1) for name in mapping
+                                    if "/".join(parts[: depth + 1]) == name or "/".join(parts[: depth + 1]).endswith("/" + name)), None)  # fmt: skip
+            hit = hits[parts]
+            if hit is None:
+                left_out["/".join(parts)] += 1
+                continue
+            matched.add(hit[0])
+            labels.append(mapping[hit[0]])
+            class_depths.append(hit[1])
+            kept.append((parts, source))
+        unmatched = [name for name in mapping if name not in matched]
+        if unmatched:
+            raise LayoutError(f"class_map names folders that hold no images under {data_dir}: {', '.join(unmatched)}; "
+                              f"images were found in {_where(found)}")  # fmt: skip
+        if len(set(labels)) < 2:  # every folder of one label was matched by a deeper name of the other
+            raise LayoutError(f"class_map={class_map!r} leaves every image of {data_dir} labelled {labels[0]}; training needs both 0 and 1")
+        found = kept
+        ones, zeros = (sorted(name for name, label in mapping.items() if label == value) for value in (1, 0))
+        rule = f"class folders by class_map: {', '.join(ones)} are 1, {', '.join(zeros)} are 0 (the deepest named folder above an image decides)"
+        if left_out:
+            notes.append(f"{sum(left_out.values())} images in folders class_map does not name were left out: "
+                         f"{', '.join(list(left_out)[:5])}{', ...' if len(left_out) > 5 else ''} ({len(left_out)} folders)")  # fmt: skip
+    else:
+        names = sorted({parts[0] for parts, _ in found})
+        if len(names) != 2:
+            raise LayoutError(f"{data_dir}: class folders must be exactly two (one per class) unless class_map maps them to 1 and 0; "
+                              f"found {len(names)}: {', '.join(names)}. Map them, e.g. class_map='{_suggested_map(names)}' "
+                              "(1 = cancer, 0 = normal: guessed from the names, check each; a folder the map leaves out is left out of the run)")  # fmt: skip
+        nested = {name: sorted({p for parts, _ in found if parts[0] == name for p in parts[1:] if class_meaning(p)}, key=_natural_key) for name in names}
+        mixed = [name for name in names if {class_meaning(p) for p in nested[name]} >= {"tumour", "normal"}]
+        if mixed:
+            inner = [p for name in names for p in nested[name]]
+            raise LayoutError(f"{data_dir}: its two folders {names[0]}/ and {names[1]}/ look like groups of classes, not two classes: "
+                              + "; ".join(f"{name}/ holds {', '.join(nested[name])}" for name in mixed)
+                              + f". Say which folders are cancer (1) and which normal (0) with class_map, e.g. class_map='{_suggested_map(inner)}' "
+                              f"(guessed from the names, check each; a folder left out of the map is left out of the run), or point data_dir "
+                              f"at {' or '.join(str(data_dir / name) for name in mixed)}. If {names[0]} and {names[1]} are the classes after all, "
+                              f"class_map='{names[0]}=?,{names[1]}=?' with 1 and 0 in place of the ?s")  # fmt: skip
+        if positive_class:
+            if positive_class not in names:
+                raise LayoutError(f"positive_class={positive_class!r} is not one of the class folders in {data_dir}: {', '.join(names)}")
+            rule = f"class folders: {positive_class} is 1 (positive_class), the other 0"
+        else:
+            positive_class = names[1]
+            rule = (f"class folders: {names[1]} is 1 and {names[0]} is 0 by alphabetical order (torchvision's "
+                    "ImageFolder rule); set positive_class to choose")  # fmt: skip
+            if class_meaning(names[0]) == "tumour" or class_meaning(names[1]) == "normal":
+                warnings.append(f"{names[0]} became class 0 (normal) and {names[1]} class 1 (cancer) by alphabetical order, but the "
+                                f"names say otherwise; if {names[0]} is the cancer class, set positive_class={names[0]!r}")  # fmt: skip
+        labels = [1 if parts[0] == positive_class else 0 for parts, _ in found]
+        class_depths = [0] * len(found)
+    loose = [p.name for p in data_dir.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_system_file(p.name) and p.is_file()]
+    if loose:
+        notes.append(f"{len(loose)} images directly in {data_dir} are in no class folder and were left out: {_first(sorted(loose), 3)}")
+    deepest = max(len(parts) - 1 - depth for (parts, _), depth in zip(found, class_depths))
+    groups = None
+    if group_level:
+        groups = _groups_at(group_level, found, class_depths)
+        where = f"{group_level} below the class folder" if group_level > 0 else f"{-group_level} up from the image"
+        notes.append(f"groups from folder level {where} (group_level={group_level}): {len(set(groups))} groups, each by its folder's name")
+    elif deepest:
+        (parts, source), depth = max(zip(found, class_depths), key=lambda item: len(item[0][0]) - item[1])
+        levels = f"{deepest} folder{'s' if deepest > 1 else ''}"
+        notes.append(f"images up to {levels} below their class folders")
+        warnings.append(f"the images sit up to {levels} below their class folders, as in {_numbered(parts, depth, source)}; "
+                        "if one of those levels names the patient or slide, set group_level to its number (or -1 for an "
+                        "image's own folder, -2 above it) so that the split keeps each patient on one side; a random split "
+                        "puts views of one patient on both sides and validation scores then flatter the model")  # fmt: skip
+    rule = "; ".join([rule, *notes, *(f"WARNING: {w}" for w in warnings)])
     return TileIndex(
-        data_dir=data_dir, layout="class-folders", train_paths=paths, train_labels=np.array(labels, dtype=np.int64),
-        train_groups=None, test_ids=[], test_paths=[], test_labels=None, origin=_origin(data_dir), label_rule=rule,
-        ignored=ignored,
+        data_dir=data_dir, layout="class-folders", train_paths=[source for _, source in found],
+        train_labels=np.array(labels, dtype=np.int64), train_groups=groups, test_ids=[], test_paths=[], test_labels=None,
+        origin=_origin(data_dir), label_rule=rule, ignored=ignored, warnings=warnings,
     )  # fmt: skip
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether image files lie directly in `folder`."""
+    return any(p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_system_file(p.name) and p.is_file() for p in folder.iterdir())
+
+
+def _images_below(folder: Path) -> bool:
+    """Whether an image file lies anywhere below `folder` (stops at the first)."""
+    return any(name.lower().endswith(IMAGE_SUFFIXES) for _, _, names in os.walk(folder) for name in names)
 
 
 def _not_found(data_dir: Path, why: str) -> LayoutError:
@@ -267,9 +510,46 @@ def _not_found(data_dir: Path, why: str) -> LayoutError:
     return LayoutError(f"{data_dir}: {why}. The layouts read here:\n{looked_for}")
 
 
-def read_layout(data_dir: str | Path, positive_class: str = "") -> TileIndex:
-    """The labelled (and test) tiles of `data_dir`, whichever supported layout it is in."""
-    data_dir = Path(data_dir)
+def _what_is_there(data_dir: Path, entries: list[Path], has_train: bool) -> str:
+    """Why a folder matches no layout: what it holds, where images were found below it, and the
+    nearest layout that would read them."""
+    held = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in entries)[:20])
+    hint = " (train/ is there but no train_label.csv or train_labels.csv)" if has_train else ""
+    found = _walk_images(data_dir, [], ())
+    if not found:
+        return f"matches no layout{hint}, and no images were found in it at any depth; it holds: {held}"
+    where = f"matches no layout{hint}; it holds: {held}. Images were found in: {_where(found)}"
+    if any(not parts for parts, _ in found):
+        return (f"{where}. Nearest layouts: csv (a path,label CSV beside the images, with a group column for a patient "
+                "or slide) or class folders (the images moved into one folder per class)")  # fmt: skip
+    # The shallowest folder whose own sub-folders hold images in two or more branches: class folders there.
+    candidates = {parts[:k] for parts, _ in found for k in range(1, len(parts))}
+    for prefix in sorted(candidates, key=lambda prefix: (len(prefix), prefix[0].lower() != "train", prefix)):
+        branches = sorted({parts[len(prefix)] for parts, _ in found if parts[: len(prefix)] == prefix and len(parts) > len(prefix)})
+        if len(branches) >= 2:
+            return f"{where}. Nearest layout: class folders at {data_dir.joinpath(*prefix)} (it holds {', '.join(branches)}): give that as data_dir"
+    return where
+
+
+def read_layout(data_dir: str | Path, positive_class: str = "", *, class_map: str = "", group_level: int = 0) -> TileIndex:
+    """The labelled (and test) tiles of `data_dir`, whichever supported layout it is in (see LAYOUTS).
+
+    positive_class: the class folder labelled 1 (two class folders; else the second alphabetically).
+    class_map: "name=1,name=0,...": folders at any level below data_dir mapped to labels, for data
+      sets of more than two classes or classes below folders that group them; images in folders it
+      does not name are left out, stated in the label rule.
+    group_level: a folder level that names each image's group (patient, slide), counted 1, 2, ...
+      down from the class folder or -1, -2, ... up from the image; 0 for none. The split is then grouped.
+    Raises LayoutError naming the file, the line where there is one, and what was expected.
+    Warnings (a tumour's name labelled 0 by alphabetical order, nested images without groups) are
+    printed with WARNING: and kept in the TileIndex's warnings and label_rule."""
+    index = _read_layout(Path(data_dir), positive_class, class_map, group_level)
+    for warning in index.warnings:
+        print(f"WARNING: {warning}")
+    return index
+
+
+def _read_layout(data_dir: Path, positive_class: str, class_map: str, group_level: int) -> TileIndex:
     if data_dir.is_file() and data_dir.suffix.lower() == ".csv":
         index = _read_csv_layout(data_dir)
     elif not data_dir.is_dir():
@@ -280,6 +560,7 @@ def read_layout(data_dir: str | Path, positive_class: str = "") -> TileIndex:
             raise _not_found(data_dir, "is empty")
         has_train = (data_dir / "train").is_dir() or (data_dir / "train.zip").is_file()
         csv_files = sorted(p for p in entries if p.suffix.lower() == ".csv" and {"path", "label"} <= set(_csv_header(p)))
+        folders = _top_folders(data_dir)
         if has_train and (data_dir / "train_label.csv").is_file():
             index = _read_position_layout(data_dir, "course", "train_label.csv")
         elif has_train and (data_dir / "train_labels.csv").is_file():
@@ -289,13 +570,17 @@ def read_layout(data_dir: str | Path, positive_class: str = "") -> TileIndex:
         elif len(csv_files) > 1:
             raise LayoutError(f"{data_dir} holds several path,label CSV files ({', '.join(p.name for p in csv_files)}); "
                               "give the one to use as data_dir")  # fmt: skip
-        elif folders := _class_folders(data_dir):
-            index = _read_class_folders(data_dir, folders, positive_class)
+        elif len(folders) == 1 and not has_train and not _holds_images(data_dir) and not _holds_images(folders[0]) and _images_below(folders[0]):
+            # An archive unzipped into a folder of its own name (BreaKHis_v1/histology_slides/breast/...): read what it holds.
+            index = _read_layout(folders[0], positive_class, class_map, group_level)
+            index.label_rule += f" (read from {folders[0].name}/, the only folder in {data_dir})"
+            return index
+        elif (found := _read_class_folders(data_dir, positive_class, class_map, group_level)) is not None:
+            index = found
         else:
-            found = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in entries)[:20])
-            hint = " (train/ is there but no train_label.csv or train_labels.csv)" if has_train else ""
-            raise _not_found(data_dir, f"matches no layout{hint}; it holds: {found}")
-    if positive_class and index.layout != "class-folders":
-        raise LayoutError(f"positive_class={positive_class!r} applies to class folders only; {data_dir} is in the "
-                          f"{index.layout} layout, whose labels come from its label file")  # fmt: skip
+            raise _not_found(data_dir, _what_is_there(data_dir, entries, has_train))
+    for name, value in (("positive_class", positive_class), ("class_map", class_map), ("group_level", group_level)):
+        if value and index.layout != "class-folders":
+            raise LayoutError(f"{name}={value!r} applies to class folders only; {data_dir} is in the {index.layout} layout, "
+                              f"whose labels{' and groups' if index.layout == 'csv' else ''} come from its label file")  # fmt: skip
     return index

@@ -42,8 +42,10 @@ PIPELINE_OPTIONS = {
     "reports_dir": "where executed notebooks, the evaluation and the report go (default: reports/)",
 }
 # make variables that are shortcuts users look for; every other NAME is the field name in upper case.
-# WEIGHTS is the file users hold, so the `weights` field ("imagenet"/"none") is set with SET="weights=none".
+# WEIGHTS is usually the file users hold (weights_path); its two words, imagenet and none, are the
+# `weights` field's values, so WEIGHTS=none means that field.
 MAKE_SHORTCUTS = {"DATA": "data_dir", "WEIGHTS": "weights_path"}
+WEIGHTS_WORDS = ("imagenet", "none")
 MAKE_OWN = {"PYTHON", "PORT"}  # the Makefile's own variables (the venv's Python, make lab's port)
 
 
@@ -86,6 +88,8 @@ def settings_from_make(makeflags: str) -> dict[str, str]:
             continue
         if name == "SET":
             settings |= parse_assignments(shlex.split(value), "SET")
+        elif name == "WEIGHTS" and value.strip().lower() in WEIGHTS_WORDS:
+            settings["weights"] = value.strip().lower()
         elif name in MAKE_SHORTCUTS:
             settings[MAKE_SHORTCUTS[name]] = value
         elif name.lower() in settable_fields() or name.lower() in PIPELINE_OPTIONS:

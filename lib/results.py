@@ -101,7 +101,7 @@ def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
         by_id = dict(zip(index.test_ids, index.test_paths))
     else:
         by_id = {index.name_of(p): p for p in index.train_paths}
-    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], desc="decoding the tiles shown", cache_dir=None)
+    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], desc="decoding the tiles shown", cache_dir=None, multi_page=config.multi_page)
     return tiles
 
 

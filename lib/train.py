@@ -162,7 +162,7 @@ def load_run_data(config: RunConfig, device: torch.device) -> RunData:
     print(f"data: {index.origin}; {index.describe()}")
     tensor_path = config.input_pipeline == "tensor"
     tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images,
-                             cache_dir=config.cache_dir or None, keep_tiles=tensor_path)  # fmt: skip
+                             cache_dir=config.cache_dir or None, keep_tiles=tensor_path, multi_page=config.multi_page)  # fmt: skip
     for note in tile_set.record.notes(config.tile_size):
         print(f"data: {note}")
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
@@ -175,7 +175,7 @@ def load_run_data(config: RunConfig, device: torch.device) -> RunData:
         placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}"
     else:
         def files(rows, transform):
-            return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform)
+            return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform, config.multi_page)
 
         augment = original_augmentation(crop) if crop else None
         train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)

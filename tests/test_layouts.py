@@ -145,5 +145,5 @@ def test_positive_class_is_refused_where_labels_come_from_a_file(tiny_data):
 
 def test_a_csv_given_directly_must_name_its_columns(tmp_path):
     (tmp_path / "labels.csv").write_text("file,class\na.png,0\n")
-    with pytest.raises(LayoutError, match="labels.csv: its header names no label or path column"):
+    with pytest.raises(LayoutError, match="labels.csv, line 1: its header names no label or path column"):
         read_layout(tmp_path / "labels.csv")

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,18 +26,33 @@ def walk_values(tmp_path, data_dir) -> dict:
         "head": "binary", "weights": "none", "weights_path": str(tmp_path / "unused-by-the-small-cnn.pth"), "weights_strict": True,
         "device": "cpu", "precision": "fp32", "input_pipeline": "original", "loader_workers": 1, "runs_dir": str(tmp_path / "runs"),
         "resume": True, "checkpoint_every_s": 0.0, "title": "every parameter, walked",
+        "multi_page": "first",
         # torch.compile costs minutes on this CPU: compile goes through the same path with its default, given explicitly.
         "compile": False,
     }  # fmt: skip
 
 
+# Fields that exclude others in one run (a class_map replaces positive_class): walked in a second run.
+ALTERNATES = {"class_map": "benign=0,tumour=1", "group_level": 1}
+
+
+def alternate_values(tmp_path, data_dir) -> dict:
+    values = {k: v for k, v in walk_values(tmp_path, data_dir).items() if k != "positive_class"} | ALTERNATES
+    return values | {"runs_dir": str(tmp_path / "runs-alternate")}
+
+
 def test_every_field_has_a_walk_value(tmp_path):
-    assert set(walk_values(tmp_path, tmp_path)) == set(settable_fields())
+    assert set(walk_values(tmp_path, tmp_path)) | set(ALTERNATES) == set(settable_fields())
 
 
 @pytest.fixture(scope="module")
 def small_classes(tmp_path_factory):
-    return class_folders(tmp_path_factory.mktemp("walk") / "classes", {"benign": 12, "tumour": 12})
+    """Two class folders, each tile one level down in its patient's folder (for group_level)."""
+    root = class_folders(tmp_path_factory.mktemp("walk") / "classes", {"benign": 12, "tumour": 12})
+    for k, tile in enumerate(sorted(root.glob("*/*.png"))):
+        (tile.parent / f"patient{k % 3}").mkdir(exist_ok=True)
+        tile.rename(tile.parent / f"patient{k % 3}" / tile.name)
+    return root
 
 
 def _check_arrived(values: dict, run_dir):
@@ -46,8 +62,9 @@ def _check_arrived(values: dict, run_dir):
     assert json.loads((run_dir / "result.json").read_text())["n_train"] == 15  # subset 20, valid_fraction 0.25
 
 
-def test_every_field_given_to_make_arrives_in_config_json(tmp_path, small_classes):
-    values = walk_values(tmp_path, small_classes)
+@pytest.mark.parametrize("values_of", [walk_values, alternate_values])
+def test_every_field_given_to_make_arrives_in_config_json(tmp_path, small_classes, values_of):
+    values = values_of(tmp_path, small_classes)
     # Half as NAME=value (make's own variables, values with spaces included), half through SET.
     names = sorted(values)
     as_variables = [f"{n.upper()}={values[n]}" for n in names[::2]]
@@ -55,19 +72,20 @@ def test_every_field_given_to_make_arrives_in_config_json(tmp_path, small_classe
     command = ["make", "--no-print-directory", "run-all", "RUNS=baseline", f"REPORTS_DIR={tmp_path / 'reports'}", *as_variables, f"SET={as_set}"]
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    _check_arrived(values, tmp_path / "runs" / "baseline")
+    _check_arrived(values, Path(values["runs_dir"]) / "baseline")
 
     done = subprocess.run(["make", "--no-print-directory", "run-all", "RUNS=baseline", "EPOCH=3"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "make variable EPOCH is no run parameter; accepted:" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_every_field_given_to_papermill_arrives_in_config_json(tmp_path, small_classes):
-    values = walk_values(tmp_path, small_classes)
+@pytest.mark.parametrize("values_of", [walk_values, alternate_values])
+def test_every_field_given_to_papermill_arrives_in_config_json(tmp_path, small_classes, values_of):
+    values = values_of(tmp_path, small_classes)
     notebook = NOTEBOOKS_DIR / "01_baseline_cnn.ipynb"
     # Text on papermill's command line: -p converts numbers and True/False, -r keeps text, -y reads YAML.
     arguments = []
     for name, value in values.items():
-        if name in ("positive_class", "epochs"):
+        if name in ("positive_class", "epochs", "class_map"):
             arguments += ["-r", name, str(value)]
         elif name == "title":
             arguments += ["-y", f"{name}: {value}"]
@@ -76,7 +94,7 @@ def test_every_field_given_to_papermill_arrives_in_config_json(tmp_path, small_c
     command = [sys.executable, "-m", "papermill", str(notebook), str(tmp_path / "out.ipynb"), "--cwd", str(NOTEBOOKS_DIR), *arguments]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONPATH": str(PROJECT_ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
-    _check_arrived(values, tmp_path / "runs" / "baseline")
+    _check_arrived(values, Path(values["runs_dir"]) / "baseline")
 
     command = [sys.executable, "-m", "papermill", str(notebook), str(tmp_path / "bad.ipynb"), "--cwd", str(NOTEBOOKS_DIR),
                "-p", "weights_file", "/x.pth", "-p", "data_dir", str(small_classes)]  # fmt: skip

@@ -21,6 +21,8 @@ def test_make_variables_become_run_parameters_and_unknown_ones_fail():
     flags = r" -- SET=lr=0.01\ positive_class=\"tumour\ cells\" EPOCHS=3 DATA=/d\ 1 WEIGHTS=/w.pth RUNS=baseline PORT=8890"
     assert pipeline.settings_from_make(flags) == {"lr": "0.01", "positive_class": "tumour cells", "epochs": "3",
                                                   "data_dir": "/d 1", "weights_path": "/w.pth", "runs": "baseline"}  # fmt: skip
+    assert pipeline.settings_from_make(" -- WEIGHTS=none") == {"weights": "none"}  # the field's own words
+    assert pipeline.settings_from_make(" -- WEIGHTS=/data/none.pth") == {"weights_path": "/data/none.pth"}
     with pytest.raises(ParameterError, match=r"make variable EPOCH is no run parameter; accepted: .*TILE_SIZE.*EPOCHS.*DATA \(data_dir\), WEIGHTS \(weights_path\)"):
         pipeline.settings_from_make(" -- EPOCH=3")
     with pytest.raises(ParameterError, match=r"SET: 'epochs' is not name=value"):
