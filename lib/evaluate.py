@@ -66,7 +66,8 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path, device: str = 
     else:
         # Class-folder and CSV data sets carry no test set: the run's own validation tiles, rebuilt
         # from its saved config, are the only tiles it never trained on. Said wherever scores appear.
-        tile_set = load_tile_set(index, config.get("tile_size", 256), skip_bad_images=config.get("skip_bad_images", False), cache_dir=config.get("cache_dir") or None)
+        tile_set = load_tile_set(index, config.get("tile_size", 256), skip_bad_images=config.get("skip_bad_images", False), cache_dir=config.get("cache_dir") or None,
+                                 subset=config["subset"], seed=config["seed"])  # decodes only the run's own draw
         split = make_split(tile_set, config.get("split", "random"), config["valid_fraction"], config["seed"], config["subset"])
         tiles, labels = tile_set.tiles[split.valid], tile_set.labels[split.valid].numpy()
         ids = [index.name_of(tile_set.sources[i]) for i in split.valid]

@@ -14,7 +14,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import FileTileDataset, TileBatches, load_tile_set, make_loader, make_split, original_augmentation, read_layout
+from lib.data import FileTileDataset, TileBatches, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_layout
 from lib.environment import environment_record
-from lib.models import build_model
+from lib.models import BaselineCNN, build_model
 from lib.paths import resolve
 from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, speed_settings
 
@@ -193,21 +193,26 @@ def fit(config: RunConfig) -> RunResult:
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # Data: read the layout, decode every labelled tile once (or read the cache), split.
+    # Data: read the layout, decode the run's tiles (its subset only) once into the memory-mapped
+    # cache (or read them from it), split; the loaders read batches from the cache, no copy.
     index = read_layout(config.data_dir, config.positive_class)
     print(f"data: {index.origin}; {index.describe()}")
     tensor_path = config.input_pipeline == "tensor"
-    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images,
-                             cache_dir=config.cache_dir or None, keep_tiles=tensor_path)  # fmt: skip
-    for note in tile_set.record.notes(config.tile_size):
-        print(f"data: {note}")
+    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
+                             keep_tiles=tensor_path, subset=config.subset, seed=config.seed,
+                             model_input=BaselineCNN.input_size if config.model == "baseline" else None)  # fmt: skip
+    # The sizes as used (0 means "from the data"), so that config.json, resume and evaluation see them.
+    config = replace(config, tile_size=tile_set.size, crop_size=crop_for(tile_set.size, config.crop_size) if config.augment else config.crop_size)
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
+    data_notes = tile_set.notes + split.batch_notes(config.batch_size)
+    for note in data_notes:
+        print(f"data: {note}")
     crop = config.crop_size if config.augment else None
     if tensor_path:
-        train_loader = TileBatches(tile_set.tiles[split.train], tile_set.labels[split.train], config.batch_size,
-                                   shuffle=True, seed=config.seed, device=device, crop_size=crop, what="training")  # fmt: skip
-        valid_loader = TileBatches(tile_set.tiles[split.valid], tile_set.labels[split.valid], config.batch_size,
-                                   shuffle=False, seed=config.seed, device=device, crop_size=None, what="validation")  # fmt: skip
+        train_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=True, seed=config.seed,
+                                   device=device, crop_size=crop, what="training", rows=split.train)  # fmt: skip
+        valid_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=False, seed=config.seed,
+                                   device=device, crop_size=None, what="validation", rows=split.valid)  # fmt: skip
         placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}"
     else:
         def files(rows, transform):
@@ -218,7 +223,6 @@ def fit(config: RunConfig) -> RunResult:
         valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
     n_train, n_valid = len(split.train), len(split.valid)
-    tile_set.tiles = None  # the loaders hold their own copies; the whole set need not stay in memory
     print(f"split: {split.description}; {n_train} training and {n_valid} validation tiles "
           f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
 
@@ -327,7 +331,7 @@ def fit(config: RunConfig) -> RunResult:
         "data_origin": index.origin,
         "data_layout": index.layout,
         "label_rule": index.label_rule,
-        "data_notes": tile_set.record.notes(config.tile_size),
+        "data_notes": data_notes,
         "decoding": asdict(tile_set.record) | {"bad": tile_set.record.bad[:100]},
         "weights": asdict(weights),
         "environment": environment_record(str(device)),
