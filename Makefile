@@ -3,6 +3,7 @@
 #   make report            everything: data, the four runs, evaluation, reports/report.html
 #   make test              the tests
 #   make bench             images/s of the original's input loop, the workbook's, and the model alone
+#   make bench-scale       cache build, decode rate, memory and an epoch on PatchCamelyon-sized sets (SIZES=20000,60000,220025)
 # Variables: PROFILE=auto|full|quick, DATA=<data dir or path,label CSV>, DEVICE=auto|cpu|cuda,
 #   SPLIT=auto|random|grouped, POSITIVE_CLASS=<class folder labelled 1>, SKIP_BAD_IMAGES=1,
 #   PRECISION=auto|fp32|bf16, COMPILE=1, INPUT_PIPELINE=tensor|original
@@ -23,7 +24,7 @@ COMPILE ?=
 INPUT_PIPELINE ?=
 PIPELINE := $(PY) -m lib.pipeline
 
-.PHONY: all run-all report lab tensorboard bench test clean distclean venv
+.PHONY: all run-all report lab tensorboard bench bench-scale test clean distclean venv
 
 all: report
 
@@ -54,6 +55,10 @@ tensorboard: venv
 
 bench: venv
 	$(PY) -m lib.bench
+
+# Minutes to an hour on 2 cores at the full sizes; the generated sets are removed as each size ends.
+bench-scale: venv
+	$(PY) -m lib.bench_scale $(if $(SIZES),--sizes $(SIZES))
 
 test: venv
 	$(PY) -m pytest -q tests
