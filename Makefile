@@ -3,6 +3,7 @@
 #   make report            everything: data, the four runs, evaluation, reports/report.html
 #   make test              the tests
 #   make bench             images/s of the original's input loop, the workbook's, and the model alone
+#   make bench-scale       cache build, decode rate, memory and an epoch on PatchCamelyon-sized sets (SIZES=20000,60000,220025)
 #   make weights           download ResNet50's ImageNet weights into the torch cache (the only download)
 # Run parameters: any RunConfig field (lib/config.py) in upper case, e.g. `make run-all EPOCHS=3
 # TILE_SIZE=96`, or several at once with SET="epochs=3 tile_size=96"; DATA=<data dir or CSV> and
@@ -17,7 +18,7 @@ KERNEL := histo-workbook
 PORT ?= 8888
 PIPELINE := $(PY) -m lib.pipeline
 
-.PHONY: all run-all report lab tensorboard bench test weights clean distclean venv
+.PHONY: all run-all report lab tensorboard bench bench-scale test weights clean distclean venv
 
 all: report
 
@@ -48,6 +49,10 @@ tensorboard: venv
 
 bench: venv
 	$(PY) -m lib.bench
+
+# Minutes to an hour on 2 cores at the full sizes; the generated sets are removed as each size ends.
+bench-scale: venv
+	$(PY) -m lib.bench_scale $(if $(SIZES),--sizes $(SIZES))
 
 test: venv
 	$(PY) -m pytest -q tests

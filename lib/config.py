@@ -41,7 +41,7 @@ class RunConfig:
     subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
     valid_fraction: float = 0.1  # share of the labelled tiles that validate (0 < f < 1)
     split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"
-    tile_size: int = 256  # pixels: every tile is brought to tile_size x tile_size (the baseline needs 256)
+    tile_size: int = 0  # pixels: tiles are brought to tile_size x tile_size; 0: the data set's own size when all its tiles share one, else 256 (the baseline takes 256 only and resizes to it)
     cache_dir: str = str(TILE_CACHE_DIR)  # decoded tiles kept between runs; "" to decode every time
     # The run
     profile: str = "auto"  # "auto" (full with CUDA, quick without), "full" or "quick"; the config records the one used
@@ -50,7 +50,7 @@ class RunConfig:
     lr: float = 1e-3  # Adam's learning rate
     scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
     augment: bool  # the original's rotation, flips and random crop on training tiles
-    crop_size: int = 200  # pixels; the random crop when augmenting
+    crop_size: int = 0  # pixels, the random crop when augmenting; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256
     seed: int = 0  # every random draw (split, order, augmentation, initial weights) follows it
     # The network
     model: str  # "baseline" or "resnet50" (the original's), or "small" (a fast CNN for quick checks)
@@ -278,12 +278,16 @@ def _validate(config: RunConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"parameter {name}={getattr(config, name)} must be at least 1")
-    if config.model == "baseline" and config.tile_size != 256:
-        raise ValueError(f"parameter tile_size={config.tile_size}: the baseline CNN takes 256x256 tiles only (its first linear layer is sized for them)")
-    if config.augment and config.crop_size > config.tile_size:
+    if config.model == "baseline" and config.tile_size not in (0, 256):
+        raise ValueError(f"parameter tile_size={config.tile_size}: the baseline CNN takes 256x256 tiles only (its first linear layer "
+                         "is sized for them); leave tile_size at 0 and it resizes to 256")  # fmt: skip
+    # crop_size against the tile is checked where the tile size is known (lib/data.py, crop_for).
+    if config.augment and config.tile_size and config.crop_size > config.tile_size:
         raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size}")
-    if config.tile_size < 16:
-        raise ValueError(f"parameter tile_size={config.tile_size} must be at least 16 pixels")
+    if 0 < config.tile_size < 16 or config.tile_size < 0:
+        raise ValueError(f"parameter tile_size={config.tile_size} must be 0 (the data set's own) or at least 16 pixels")
+    if config.crop_size < 0:
+        raise ValueError(f"parameter crop_size={config.crop_size} must be 0 (follows the tile) or a positive number of pixels")
     if config.loader_workers < 0:
         raise ValueError(f"parameter loader_workers={config.loader_workers} must be 0 or more")
     if config.subset < 0:

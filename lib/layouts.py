@@ -1,6 +1,7 @@
 """Tile layouts: find which one a `data_dir` holds, read it into a TileIndex, and check it.
 
-Four layouts, tried in this order (the first that fits wins, and the run records which):
+Five layouts, tried in this order (the first that fits wins, and the run records which):
+  pcam-h5        camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5, PatchCamelyon's original release
   course         train/<id>.jpg (or train.zip) + train_label.csv, columns read by position
   pcam           train/<id>.tif + train_labels.csv (PatchCamelyon as on Kaggle), by position
   csv            a CSV with a header naming path,label[,group]; paths relative to the CSV
@@ -23,6 +24,7 @@ import re
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,9 @@ SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 SPLIT_FOLDER_NAMES = {"train", "test", "valid", "validation", "val"}
 
 LAYOUTS = {
+    "pcam-h5": "camelyonpatch_level_2_split_train_x.h5 and _train_y.h5 (PatchCamelyon's original HDF5 release: x is "
+               "(N, H, W, 3) uint8, y is (N, 1, 1, 1)); optionally _valid_ (its validation split, used as given), _test_ "
+               "(test tiles; _test_y.h5 only scores them) and _meta.csv (a wsi column names each tile's slide)",
     "course": "train/<id>.jpg (or train.zip) with train_label.csv: a header row, then id,label rows read "
               "by position (id = file stem, label 0 or 1); optionally test/<id>.jpg (or test.zip)",
     "pcam": "train/<id>.tif with train_labels.csv (id,label), the PatchCamelyon/Kaggle form; optionally test/<id>.tif",
@@ -55,8 +60,54 @@ ENCODING_NAMES = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8 with BOM", "utf-16": "UT
 EXPECTED_TEXT = ("expected a text file in UTF-8 (with or without a byte-order mark) or UTF-16, its columns separated by commas, "
                  "semicolons or tabs: in a spreadsheet, save as 'CSV UTF-8' or 'Unicode Text'")  # fmt: skip
 
-# A tile is a file on disk or a member of a zip archive; both open with .open("rb") and print as a path.
-TileSource = Path | zipfile.Path
+
+PCAM_H5 = "camelyonpatch_level_2_split_{part}_{xy}.h5"  # part: train, valid, test; xy: x (tiles) or y (labels)
+
+
+@lru_cache(maxsize=16)
+def _open_h5(file: str, pid: int):
+    """One read-only handle per file and process (a forked loader worker must not share its parent's)."""
+    import h5py  # only the pcam-h5 layout needs it
+
+    return h5py.File(file, "r")
+
+
+@dataclass(frozen=True, slots=True)
+class H5Tile:
+    """One tile of an HDF5 array of (N, H, W, 3) uint8 tiles, read lazily (nothing to decode).
+    Prints as file[row]; .open("rb") gives it as an in-memory PNG, so per-file readers take it too."""
+
+    file: Path
+    row: int
+    dataset: str = "x"
+
+    @property
+    def name(self) -> str:
+        return f"{self.file.name}[{self.row}]"
+
+    def __str__(self) -> str:
+        return f"{self.file}[{self.row}]"
+
+    def h5_dataset(self):
+        """The h5py dataset holding this tile, (N, H, W, 3) uint8, from a handle kept open per process."""
+        return _open_h5(str(self.file), os.getpid())[self.dataset]
+
+    def read(self) -> np.ndarray:
+        """(H, W, 3) uint8."""
+        return self.h5_dataset()[self.row]
+
+    def open(self, mode: str = "rb") -> io.BytesIO:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(self.read(), "RGB").save(buffer, "PNG", compress_level=0)
+        buffer.seek(0)
+        return buffer
+
+
+# A tile is a file on disk, a member of a zip archive or a row of an HDF5 array; all open with
+# .open("rb") and print as a path.
+TileSource = Path | zipfile.Path | H5Tile
 
 
 class LayoutError(ValueError):
@@ -79,6 +130,7 @@ class TileIndex:
     label_rule: str  # how labels were read, in words, for the run's record
     ignored: list[str] = field(default_factory=list)  # system files passed over
     warnings: list[str] = field(default_factory=list)  # what the user must hear (printed with WARNING:), also in label_rule
+    given_valid: np.ndarray | None = None  # bool per labelled tile, True = validation, when the data set fixes its own split
 
     def name_of(self, source: TileSource) -> str:
         """A labelled tile's id where the layout has no test set: its path below data_dir."""
@@ -505,6 +557,61 @@ def _images_below(folder: Path) -> bool:
     return any(name.lower().endswith(IMAGE_SUFFIXES) for _, _, names in os.walk(folder) for name in names)
 
 
+def _h5_labels(y_file: Path, n_tiles: int) -> np.ndarray:
+    """A y file's (N, 1, 1, 1) labels as (N,) int64, checked: every one 0 or 1, one per tile."""
+    labels = np.asarray(_open_h5(str(y_file), os.getpid())["y"][:]).reshape(-1).astype(np.int64)
+    if len(labels) != n_tiles:
+        raise LayoutError(f"{y_file}: {len(labels)} labels for {n_tiles} tiles in its x file")
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if len(bad):
+        raise LayoutError(f"{y_file}: labels other than 0 or 1 at rows {_first(bad)}")
+    return labels
+
+
+def _h5_tiles(x_file: Path) -> list[H5Tile]:
+    """A source per row of an x file, after checking its shape; no pixel is read here."""
+    shape = _open_h5(str(x_file), os.getpid())["x"].shape
+    if len(shape) != 4 or shape[3] != 3:
+        raise LayoutError(f"{x_file}: its x array is {shape}; the pcam-h5 layout needs (N, H, W, 3) uint8 tiles")
+    return [H5Tile(x_file, row) for row in range(shape[0])]
+
+
+def _read_pcam_h5(data_dir: Path) -> TileIndex:
+    """PatchCamelyon's HDF5 release, read lazily: train (and valid, kept as its own validation split)
+    are the labelled tiles, test the test tiles; test labels only ever score predictions."""
+    name = {(part, xy): data_dir / PCAM_H5.format(part=part, xy=xy) for part in ("train", "valid", "test") for xy in ("x", "y")}
+    if not name["train", "y"].is_file():
+        raise LayoutError(f"{data_dir}: {name['train', 'x'].name} is there but not {name['train', 'y'].name}, its labels")
+    parts = ["train"] + (["valid"] if name["valid", "x"].is_file() and name["valid", "y"].is_file() else [])
+    paths, labels, valid = [], [], []
+    for part in parts:
+        tiles = _h5_tiles(name[part, "x"])
+        paths += tiles
+        labels.append(_h5_labels(name[part, "y"], len(tiles)))
+        valid.append(np.full(len(tiles), part == "valid"))
+    train_labels = np.concatenate(labels)
+    if len(np.unique(train_labels)) < 2:
+        raise LayoutError(f"{data_dir}: one class only: every labelled tile is {train_labels[0]}; training needs both 0 and 1")
+    groups = []
+    for part in parts:  # the slide of each tile, when every meta file names it
+        meta = data_dir / f"camelyonpatch_level_2_split_{part}_meta.csv"
+        if meta.is_file() and "wsi" in _csv_header(meta):
+            with open(meta, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                reader.fieldnames = [n.strip().lower() for n in reader.fieldnames or []]
+                groups += [row["wsi"] for row in reader]
+    train_groups = np.array(groups) if len(groups) == len(paths) else None
+    test_paths = _h5_tiles(name["test", "x"]) if name["test", "x"].is_file() else []
+    test_labels = _h5_labels(name["test", "y"], len(test_paths)) if test_paths and name["test", "y"].is_file() else None
+    split = "train and valid files" if "valid" in parts else "train file"
+    return TileIndex(
+        data_dir=data_dir, layout="pcam-h5", train_paths=paths, train_labels=train_labels, train_groups=train_groups,
+        test_ids=[str(tile.row) for tile in test_paths], test_paths=test_paths, test_labels=test_labels, origin=_origin(data_dir),
+        label_rule=f"labels from the {split}' y arrays by row" + (", slides from the meta CSVs' wsi column" if train_groups is not None else ""),
+        given_valid=np.concatenate(valid) if "valid" in parts else None,
+    )  # fmt: skip
+
+
 def _not_found(data_dir: Path, why: str) -> LayoutError:
     looked_for = "\n".join(f"  - {name}: {need}" for name, need in LAYOUTS.items())
     return LayoutError(f"{data_dir}: {why}. The layouts read here:\n{looked_for}")
@@ -561,7 +668,9 @@ def _read_layout(data_dir: Path, positive_class: str, class_map: str, group_leve
         has_train = (data_dir / "train").is_dir() or (data_dir / "train.zip").is_file()
         csv_files = sorted(p for p in entries if p.suffix.lower() == ".csv" and {"path", "label"} <= set(_csv_header(p)))
         folders = _top_folders(data_dir)
-        if has_train and (data_dir / "train_label.csv").is_file():
+        if (data_dir / PCAM_H5.format(part="train", xy="x")).is_file():
+            index = _read_pcam_h5(data_dir)
+        elif has_train and (data_dir / "train_label.csv").is_file():
             index = _read_position_layout(data_dir, "course", "train_label.csv")
         elif has_train and (data_dir / "train_labels.csv").is_file():
             index = _read_position_layout(data_dir, "pcam", "train_labels.csv")

@@ -46,7 +46,7 @@ PIPELINE_OPTIONS = {
 # `weights` field's values, so WEIGHTS=none means that field.
 MAKE_SHORTCUTS = {"DATA": "data_dir", "WEIGHTS": "weights_path"}
 WEIGHTS_WORDS = ("imagenet", "none")
-MAKE_OWN = {"PYTHON", "PORT"}  # the Makefile's own variables (the venv's Python, make lab's port)
+MAKE_OWN = {"PYTHON", "PORT", "SIZES"}  # the Makefile's own variables (the venv's Python, make lab's port, make bench-scale's sizes)
 
 
 def make_command_line(makeflags: str) -> list[tuple[str, str]]:

@@ -7,7 +7,7 @@ import dataclasses
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import FileTileDataset, Split, TileBatches, TileSet, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
+from lib.data import FileTileDataset, Split, TileBatches, TileSet, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
 from lib.environment import environment_record
 from lib.layouts import TileIndex
-from lib.models import WeightsOutcome, build_model, predicted_labels
+from lib.models import BaselineCNN, WeightsOutcome, build_model, predicted_labels
 from lib.run_folder import RunFolder, RunResult
 from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
@@ -132,6 +132,8 @@ class RunData:
     train_loader: object  # TileBatches or a DataLoader: yields (float tiles (B, 3, H, W) in [0, 1], int64 labels (B,))
     valid_loader: object
     placement: str  # where the tiles wait and where they are augmented, in words
+    config: RunConfig  # the run's config with the tile and crop sizes as used
+    notes: list[str]  # what the data stage did, for the run's output and record (sizes, subset, cache, decoding, batches)
 
 
 @dataclass
@@ -156,22 +158,28 @@ class Start:
 
 
 def load_run_data(config: RunConfig, device: torch.device) -> RunData:
-    """Stage 1, data: read the layout, decode every labelled tile once (or read the cache), split,
-    and build the training and validation loaders for `config.input_pipeline`."""
+    """Stage 1, data: read the layout, decode the run's tiles (its subset only) once into the
+    memory-mapped cache (or read them from it), split, and build the loaders for
+    `config.input_pipeline`, which read batches from the cache, no copy. The returned config holds
+    the tile and crop sizes as used (0 means "from the data"), so that config.json, resume and the
+    evaluation see them."""
     index = read_run_layout(config)
     print(f"data: {index.origin}; {index.describe()}")
     tensor_path = config.input_pipeline == "tensor"
-    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images,
-                             cache_dir=config.cache_dir or None, keep_tiles=tensor_path, multi_page=config.multi_page)  # fmt: skip
-    for note in tile_set.record.notes(config.tile_size):
-        print(f"data: {note}")
+    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
+                             keep_tiles=tensor_path, subset=config.subset, seed=config.seed,
+                             model_input=BaselineCNN.input_size if config.model == "baseline" else None, multi_page=config.multi_page)  # fmt: skip
+    config = replace(config, tile_size=tile_set.size, crop_size=crop_for(tile_set.size, config.crop_size) if config.augment else config.crop_size)
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
+    data_notes = tile_set.notes + split.batch_notes(config.batch_size)
+    for note in data_notes:
+        print(f"data: {note}")
     crop = config.crop_size if config.augment else None
     if tensor_path:
-        train_loader = TileBatches(tile_set.tiles[split.train], tile_set.labels[split.train], config.batch_size,
-                                   shuffle=True, seed=config.seed, device=device, crop_size=crop, what="training")  # fmt: skip
-        valid_loader = TileBatches(tile_set.tiles[split.valid], tile_set.labels[split.valid], config.batch_size,
-                                   shuffle=False, seed=config.seed, device=device, crop_size=None, what="validation")  # fmt: skip
+        train_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=True, seed=config.seed,
+                                   device=device, crop_size=crop, what="training", rows=split.train)  # fmt: skip
+        valid_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=False, seed=config.seed,
+                                   device=device, crop_size=None, what="validation", rows=split.valid)  # fmt: skip
         placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}"
     else:
         def files(rows, transform):
@@ -181,10 +189,9 @@ def load_run_data(config: RunConfig, device: torch.device) -> RunData:
         train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)
         valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
-    tile_set.tiles = None  # the loaders hold their own copies; the whole set need not stay in memory
     print(f"split: {split.description}; {len(split.train)} training and {len(split.valid)} validation tiles "
           f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
-    return RunData(index, tile_set, split, train_loader, valid_loader, placement)
+    return RunData(index, tile_set, split, train_loader, valid_loader, placement, config, data_notes)
 
 
 def build_training(config: RunConfig, device: torch.device) -> Training:
@@ -327,7 +334,7 @@ def record_result(config: RunConfig, folder: RunFolder, data: RunData, training:
         "data_origin": data.index.origin,
         "data_layout": data.index.layout,
         "label_rule": data.index.label_rule,
-        "data_notes": record.notes(config.tile_size),
+        "data_notes": data.notes,
         "decoding": asdict(record) | {"bad": record.bad[:100]},
         "weights": asdict(training.weights),
         "environment": environment_record(str(next(training.model.parameters()).device)),
@@ -345,6 +352,7 @@ def fit(config: RunConfig) -> RunResult:
     seed_everything(config.seed)
     folder = RunFolder(config.run_dir)
     data = load_run_data(config, device)
+    config = data.config  # sizes as used: what config.json, resume and the evaluation see
     training = build_training(config, device)
     print(f"speed: {data.placement}; {describe(training.settings)}")
     start = resume_or_start(config, folder, training, data)

@@ -52,7 +52,9 @@ def test_bad_images_are_all_listed_before_training_and_can_be_skipped(damaged_co
         assert f"train/{name}" in str(caught.value)
     assert not (runs / "baseline" / "history.json").exists()  # found before the first epoch
     result = fit(run_config("baseline", data_dir=str(damaged_copy), runs_dir=str(runs), skip_bad_images=True, **tiny))
-    assert result.summary["decoding"]["skipped"] == 3 and result.summary["n_labelled"] == 93
+    # n_labelled counts the data set's labelled tiles; the three unreadable ones are left out of the split.
+    assert result.summary["decoding"]["skipped"] == 3 and result.summary["n_labelled"] == 96
+    assert result.summary["n_train"] + result.summary["n_valid"] == 93
     assert any("3 unreadable file(s) skipped" in note for note in result.summary["data_notes"])
 
 
@@ -67,7 +69,7 @@ def test_the_cache_is_reused_and_follows_changed_files(tiny_data, tmp_path):
     shutil.copy(copy / "train" / "9.jpg", copy / "train" / "1.jpg")
     fresh, _, record = decode_tiles(changed.train_paths[:6], cache_dir=tmp_path)
     assert record.cache.startswith("wrote") and not torch.equal(fresh[0], first[0])
-    assert len(list(tmp_path.glob("*.npy"))) == 2  # one per data set: the copy's older cache was not kept twice
+    assert len(list(tmp_path.glob("*-256.npy"))) == 2  # one per data set: the copy's older cache was not kept twice
 
 
 @pytest.mark.parametrize("n", [4096, 96, 11])
@@ -84,8 +86,8 @@ def test_split_is_deterministic_per_seed_and_subset_is_drawn_first():
     assert not np.array_equal(a.train, c.train)
     sub = seeded_split(500, 0.1, 1, subset=100)
     assert len(sub.train) == 90 and len(sub.valid) == 10 and not set(sub.train) & set(sub.valid)
-    with pytest.raises(ValueError, match="subset=600"):
-        seeded_split(500, 0.1, 1, subset=600)
+    everything = seeded_split(500, 0.1, 1, subset=600)  # more than there are: all of them (issue #14)
+    assert np.array_equal(everything.train, a.train) and np.array_equal(everything.valid, a.valid)
 
 
 def test_grouped_split_never_shares_a_group_and_is_seeded():
@@ -104,18 +106,19 @@ def test_grouped_split_never_shares_a_group_and_is_seeded():
 
 def test_auto_split_is_grouped_when_the_data_names_groups(tmp_path):
     root = class_folders(tmp_path / "g", {"a": 6, "b": 6})
-    rows = ["path,label,group"] + [f"{c}/{c}{i}.png,{int(c == 'b')},{c}{i // 3}" for c in "ab" for i in range(6)]
+    # Groups mix the classes, so that either side of a grouped split holds both.
+    rows = ["path,label,group"] + [f"{c}/{c}{i}.png,{int(c == 'b')},g{i // 2}" for c in "ab" for i in range(6)]
     (root / "tiles.csv").write_text("\n".join(rows) + "\n")
     tile_set = load_tile_set(read_layout(root), size=32, cache_dir=None)
-    assert make_split(tile_set, "auto", 0.25, 0).description.startswith("grouped")
-    assert "WARNING: groups ignored" in make_split(tile_set, "random", 0.25, 0).description
+    assert make_split(tile_set, "auto", 0.3, 0).description.startswith("grouped")
+    assert "WARNING: groups ignored" in make_split(tile_set, "random", 0.3, 0).description
     (root / "tiles.csv").unlink()
     folders = load_tile_set(read_layout(root), size=32, cache_dir=None)
     with pytest.raises(ValueError, match="split='grouped' asked for, but .* names no groups"):
-        make_split(folders, "grouped", 0.25, 0)
+        make_split(folders, "grouped", 0.3, 0)
 
 
-def test_validation_batches_are_untouched_and_the_last_partial_batch_is_dropped(tiny_data):
+def test_validation_batches_are_untouched_and_the_last_partial_batch_is_dropped_unless_there_is_no_full_one(tiny_data):
     index = read_layout(tiny_data)
     tiles, _, _ = decode_tiles(index.train_paths[:10], cache_dir=None)
     batches = TileBatches(tiles, torch.arange(10), 4, shuffle=False, seed=0, device=torch.device("cpu"), crop_size=None, what="validation")
@@ -123,8 +126,8 @@ def test_validation_batches_are_untouched_and_the_last_partial_batch_is_dropped(
     assert len(batches) == len(batches_seen) == 2  # drop_last, as the original
     images, labels = batches_seen[0]
     assert torch.equal(images, tiles[:4].float() / 255) and labels.tolist() == [0, 1, 2, 3]  # ToTensor only
-    with pytest.raises(ValueError, match="validation set has 10 tiles, fewer than batch_size=16"):
-        TileBatches(tiles, torch.arange(10), 16, shuffle=False, seed=0, device=torch.device("cpu"), crop_size=None, what="validation")
+    one_batch = list(TileBatches(tiles, torch.arange(10), 16, shuffle=False, seed=0, device=torch.device("cpu"), crop_size=None, what="validation"))
+    assert len(one_batch) == 1 and one_batch[0][1].tolist() == list(range(10))  # fewer than a batch: one smaller batch
 
 
 def test_training_batches_are_reshuffled_each_epoch_and_augmented_per_image(tiny_data):
@@ -146,8 +149,7 @@ def test_the_original_input_path_reads_files_per_item(tiny_data):
     image, label = dataset[0]
     assert torch.equal(image, tiles[0].float() / 255) and label == 0
     assert len(make_loader(dataset, 4, shuffle=True, seed=0, what="training")) == 2
-    with pytest.raises(ValueError, match="validation set has 10 tiles, fewer than batch_size=16"):
-        make_loader(dataset, 16, shuffle=False, seed=0, what="validation")
+    assert [len(labels) for _, labels in make_loader(dataset, 16, shuffle=False, seed=0, what="validation")] == [10]
 
 
 def test_run_record_names_layout_split_and_resizing(tmp_path):
@@ -157,4 +159,6 @@ def test_run_record_names_layout_split_and_resizing(tmp_path):
     summary = json.loads((tmp_path / "runs" / "baseline" / "result.json").read_text())
     assert summary == result.summary and summary["data_layout"] == "class-folders"
     assert "tumour is 1 (positive_class)" in summary["label_rule"] and summary["split"].startswith("random")
-    assert summary["data_notes"] == ["resized to 256x256: 40 tiles of 32x32"]
+    assert summary["data_notes"] == ["tile_size 256: the model takes 256x256 tiles only, so the data set's tiles (32x32) are resized to it",
+                                     "resized to 256x256: 40 tiles of 32x32"]  # fmt: skip
+    assert result.config["tile_size"] == 256
