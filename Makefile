@@ -22,14 +22,18 @@ PIPELINE := $(PY) -m lib.pipeline
 
 all: report
 
+KERNEL_JSON := $(VENV)/share/jupyter/kernels/$(KERNEL)/kernel.json
+
 venv: $(VENV)/.installed
+	@# The notebooks' kernel, registered again whenever it is missing or starts another Python (a venv
+	@# moved or re-created), and the path that lets every notebook import lib/ from this checkout.
+	@grep -qF '"$(CURDIR)/$(PY)"' $(KERNEL_JSON) 2>/dev/null || \
+		$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (histo workbook)"
+	@echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/histo_workbook.pth"
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (histo workbook)"
-	@# Lets every notebook, wherever its kernel starts, import lib/ from this checkout.
-	@echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/histo_workbook.pth"
 	@touch $@
 
 run-all: venv

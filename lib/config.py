@@ -20,6 +20,7 @@ SCHEDULERS = ("none", "plateau")
 SPLITS = ("auto", "random", "grouped")
 INPUT_PIPELINES = ("tensor", "original")
 PRECISIONS = ("auto", "fp32", "bf16")
+MULTI_PAGES = ("refuse", "first", "largest")  # what to do with a file holding several images (multi-page TIFF, animated GIF)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +160,7 @@ def convert(name: str, value):
             return bool(value)
         if isinstance(value, str) and value.strip().lower() in TRUE_TEXTS + FALSE_TEXTS:
             return value.strip().lower() in TRUE_TEXTS
-        raise refused
+        raise TypeError(f"{refused}: write {' or '.join(TRUE_TEXTS)} for True, {' or '.join(FALSE_TEXTS)} for False")
     if isinstance(value, bool):  # bool is an int in Python, but epochs=True is a mistake, not a number
         raise refused
     if base is int:
@@ -272,7 +273,7 @@ def write_parameters_cells(notebooks) -> list[Path]:
 
 def _validate(config: RunConfig) -> None:
     for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS),
-                          ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS)):
+                          ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS), ("multi_page", MULTI_PAGES)):
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
     for name in ("epochs", "batch_size"):
@@ -292,6 +293,9 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter loader_workers={config.loader_workers} must be 0 or more")
     if config.subset < 0:
         raise ValueError(f"parameter subset={config.subset} must be 0 (all tiles) or a positive count")
+    if config.weights == "none" and config.weights_path:
+        raise ValueError(f"parameter weights='none' asks for no pretrained weights, but weights_path={config.weights_path!r} is given: "
+                         "leave one of them out")  # fmt: skip
     if not 0 < config.valid_fraction < 1:
         raise ValueError(f"parameter valid_fraction={config.valid_fraction} must lie strictly between 0 and 1")
     if config.lr <= 0:

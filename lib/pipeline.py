@@ -66,7 +66,8 @@ def make_command_line(makeflags: str) -> list[tuple[str, str]]:
         else:
             current.append(char)
     items.append("".join(current))
-    return [tuple(item.split("=", 1)) for item in items if "=" in item]
+    # make writes a "$" of a value as "$$" there (its own escape; `make X='a$$b'` is the value a$b).
+    return [(name, value.replace("$$", "$")) for name, value in (item.split("=", 1) for item in items if "=" in item)]
 
 
 def parse_assignments(items: list[str], where: str) -> dict[str, str]:
@@ -83,17 +84,29 @@ def parse_assignments(items: list[str], where: str) -> dict[str, str]:
 def settings_from_make(makeflags: str) -> dict[str, str]:
     """The run parameters and pipeline options a make command line gives, as text."""
     settings: dict[str, str] = {}
-    for name, value in make_command_line(makeflags):
+    given: dict[str, str] = {}  # parameter -> how it was given, to refuse one given twice
+
+    def put(parameter: str, value: str, how: str) -> None:
+        if parameter in settings and settings[parameter] != value:
+            raise ParameterError(f"{parameter} is given twice, as {given[parameter]} and as {how}; give it once")
+        settings[parameter], given[parameter] = value, how
+
+    for name, value in reversed(make_command_line(makeflags)):  # make lists the command line's variables last first
         if name in MAKE_OWN:
             continue
         if name == "SET":
-            settings |= parse_assignments(shlex.split(value), "SET")
+            try:
+                items = shlex.split(value)
+            except ValueError as error:
+                raise ParameterError(f"SET={value!r}: {error} (quote each value with spaces once: SET=\"title='my run' epochs=3\")") from None
+            for item_name, item_value in parse_assignments(items, "SET").items():
+                put(item_name, item_value, f"{item_name}={item_value!r} in SET")
         elif name == "WEIGHTS" and value.strip().lower() in WEIGHTS_WORDS:
-            settings["weights"] = value.strip().lower()
+            put("weights", value.strip().lower(), f"WEIGHTS={value}")
         elif name in MAKE_SHORTCUTS:
-            settings[MAKE_SHORTCUTS[name]] = value
+            put(MAKE_SHORTCUTS[name], value, f"{name}={value}")
         elif name.lower() in settable_fields() or name.lower() in PIPELINE_OPTIONS:
-            settings[name.lower()] = value
+            put(name.lower(), value, f"{name}={value}")
         else:
             fields = [n.upper() for n in settable_fields() if n.upper() not in MAKE_SHORTCUTS]
             raise ParameterError(f"make variable {name} is no run parameter; accepted: the RunConfig fields in upper case "
@@ -111,6 +124,10 @@ def checked_settings(settings: dict) -> tuple[dict, dict]:
         raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(settable_fields())} "
                              f"(RunConfig, lib/config.py), and the pipeline's {', '.join(PIPELINE_OPTIONS)}")  # fmt: skip
     parameters = {name: convert(name, value) for name, value in settings.items() if name in settable_fields()}
+    for name in ("data_dir", "runs_dir"):
+        if name in parameters and not str(parameters[name]).strip():
+            raise ParameterError(f"{name} is empty (DATA= or {name}= with no value, perhaps an unset shell variable): give a folder, "
+                                 "or leave it out for the default")  # fmt: skip
     for name in ("data_dir", "runs_dir", "cache_dir", "weights_path"):
         if parameters.get(name):  # notebooks run in notebooks/: every path goes to them absolute
             parameters[name] = str(resolve(parameters[name]))
@@ -231,12 +248,16 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: str) -> bool:
-    """Execute unless the last successful execution had the same fingerprint. True if it ran."""
+def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: str, outputs: list[Path] = ()) -> bool:
+    """Execute unless the last successful execution had the same fingerprint and its `outputs`
+    (a run's result.json, the evaluation's) are still there. True if it ran."""
     stamp_file = executed_dir / ".stamps" / (notebook + ".stamp")
     if stamp_file.is_file() and stamp_file.read_text() == stamp and (executed_dir / notebook).is_file():
-        print(f"=== {notebook}: unchanged since its last successful execution, skipped", flush=True)
-        return False
+        gone = [str(path) for path in outputs if not Path(path).is_file()]
+        if not gone:
+            print(f"=== {notebook}: unchanged since its last successful execution, skipped", flush=True)
+            return False
+        print(f"=== {notebook}: unchanged, but what it wrote is gone ({', '.join(gone)}): executing it again", flush=True)
     stamp_file.unlink(missing_ok=True)
     execute(notebook, executed_dir, parameters)
     stamp_file.parent.mkdir(parents=True, exist_ok=True)
@@ -266,12 +287,37 @@ def _selected_runs(options: dict) -> list[str]:
     return [name for name in registry.run_names() if name in runs]
 
 
+def preflight(configs) -> dict[str, list | None]:
+    """What can fail inside a notebook, checked for every run before the first one starts, so that a
+    typo does not cost the runs before it: the device, and each ResNet50 run's weights (the file
+    read and checked as the run will read it). Returns, per run, the weights file's identity
+    (path, size, time) for the run's fingerprint: a file that appears or changes reruns the run."""
+    from lib.models import build_resnet50
+    from lib.speed import resolve_device
+    from lib.weights import imagenet_cache_file
+
+    identities, checked = {}, set()
+    for config in configs:
+        resolve_device(config.device)
+        identities[config.run] = None
+        if config.model != "resnet50" or config.weights == "none":
+            continue
+        path = Path(config.weights_path) if config.weights_path else imagenet_cache_file()
+        key = (config.head, str(path), config.weights_strict)
+        if key not in checked:
+            build_resnet50(config.head, config.weights, config.weights_path, config.weights_strict)  # raises, naming the file
+            checked.add(key)
+        identities[config.run] = [str(path), *([path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else ["absent"])]
+    return identities
+
+
 def run_all(settings: dict | None = None) -> None:
     """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
     by field name, as text or typed, and pipeline options). Every run's config is built and checked
     before the first notebook starts, and the data set's layout is read, so a bad parameter or data
     set fails at once."""
     from lib.data import read_run_layout
+    from lib.run_folder import RunFolder
 
     parameters, options = checked_settings(settings or {})
     runs = _selected_runs(options)
@@ -285,12 +331,15 @@ def run_all(settings: dict | None = None) -> None:
         require_writable(folder, name)
     ensure_data(Path(first.data_dir))
     data = data_fingerprint(read_run_layout(first))
+    weights = preflight(configs.values())
     stamps = []
     for run, config in configs.items():
         notebook = registry.run_entry(run)["notebook"]
-        resolved = {k: v for k, v in dataclasses.asdict(config).items() if k != "profile_reason"}
+        # A network without pretrained weights does not rerun for a weights file given to the others.
+        ignored = {"profile_reason"} | ({"head", "weights", "weights_path", "weights_strict"} if config.model != "resnet50" else set())
+        resolved = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored} | {"weights file": weights.get(run)}
         stamp = fingerprint(notebook, resolved, data)
-        _run_if_changed(notebook, executed_dir, parameters, stamp)
+        _run_if_changed(notebook, executed_dir, parameters, stamp, outputs=[RunFolder(config.run_dir).result_file])
         stamps.append(stamp)
     if runs != registry.run_names():
         print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
@@ -298,7 +347,7 @@ def run_all(settings: dict | None = None) -> None:
     evaluation_parameters = {"runs_dir": first.runs_dir, "reports_dir": str(executed_dir.parent)} | (
         {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
     stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=stamps)
-    _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp)
+    _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp, outputs=[executed_dir.parent / "evaluation.json"])
 
 
 def report(settings: dict | None = None) -> Path:
@@ -306,6 +355,9 @@ def report(settings: dict | None = None) -> Path:
     from lib.report import render_html, render_pdf
 
     settings = dict(settings or {})
+    unknown = sorted(set(settings) - {"runs_dir", "reports_dir"})
+    if unknown:
+        raise ParameterError(f"the report takes runs_dir and reports_dir only, not {', '.join(unknown)} (run parameters go to run-all)")
     runs_dir = resolve(convert("runs_dir", settings.pop("runs_dir")) if "runs_dir" in settings else RUNS_DIR)
     reports_dir = resolve(settings.pop("reports_dir", None) or REPORTS_DIR)
     executed_dir = reports_dir / "executed"
@@ -332,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         settings |= parse_assignments([a for a in rest if a != "--from-make"], "python -m lib.pipeline")
         if command == "run-all":
             run_all(settings)
-        else:
+        elif "--from-make" in rest:  # make report runs run-all first with the same variables: the report takes its folders
             report({k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")})
+        else:
+            report(settings)
     except (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"\nERROR: {error}", file=sys.stderr, flush=True)
         return 1

@@ -11,6 +11,7 @@ builds (the backbone is loaded, the head starts fresh, and the run says so).
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import socket
@@ -40,6 +41,23 @@ def imagenet_cache_file() -> Path:
     """Where torchvision keeps ResNet50's ImageNet weights once downloaded
     (`<torch hub dir>/checkpoints/resnet50-0676ba61.pth`; TORCH_HOME moves it). Nothing is downloaded here."""
     return Path(torch.hub.get_dir()) / "checkpoints" / imagenet_weights().url.rsplit("/", 1)[-1]
+
+
+def check_cached_file(path: Path) -> None:
+    """torch.hub names a file it downloads by the first hex digits of its SHA-256 (its HASH_REGEX,
+    `-([a-f0-9]*)\\.`); a file in the cache whose content does not match its name is corrupt or was
+    put there by someone else, and is not torchvision's weights. Raises WeightsFileError then."""
+    named = re.search(r"-([a-f0-9]+)\.", path.name)
+    if not named:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(named.group(1)):
+        raise WeightsFileError(f"{path} is corrupt, or not the file torchvision published: its SHA-256 begins {digest.hexdigest()[:8]}, "
+                               f"its name says {named.group(1)}. Delete it and fetch it again with `make weights`; to start from "
+                               "weights of your own, pass them as weights_path instead")  # fmt: skip
 
 
 @dataclass
@@ -97,6 +115,8 @@ def load_resnet50_weights(path: str | Path, model: torch.nn.Module, in_cache: bo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights_path {path} does not exist")
+    if in_cache:
+        check_cached_file(path)
     notes: list[str] = []
     state = _unwrap(_read(path, in_cache), path, notes)
     expected = model.state_dict()
@@ -135,8 +155,13 @@ def download_imagenet_weights(url: str | None = None, progress: bool = True, tim
     by_hand = (f"Place the file by hand: fetch {imagenet_weights().url} on a machine with internet and copy it to {imagenet_cache_file()} "
                "(or pass it as weights_path / make run-all WEIGHTS=/path/to/file.pth)")  # fmt: skip
     if target.is_file():
-        print(f"already in the torch cache: {target}")
-        return target
+        try:
+            check_cached_file(target)
+            print(f"already in the torch cache, and its SHA-256 matches its name: {target}")
+            return target
+        except WeightsFileError as error:
+            print(f"{error}\nFetching it again.")
+            target.unlink()
     host = urllib.parse.urlsplit(url)
     try:  # fail at once offline, instead of waiting on the download's own unbounded connect
         socket.create_connection((host.hostname, host.port or (443 if host.scheme == "https" else 80)), timeout=timeout_s).close()

@@ -57,15 +57,24 @@ def test_weights_file_is_loaded_safely_and_checked(tmp_path):
         build_resnet50("imagenet1000", "imagenet", str(tmp_path / "missing.pth"))
 
 
-def test_cache_file_is_found_where_torchvision_keeps_it(monkeypatch, tmp_path):
+def test_cache_file_is_found_where_torchvision_keeps_it_and_checked_against_its_name(monkeypatch, tmp_path):
+    import hashlib
+
+    import lib.weights
     from lib.models import imagenet_cache_file
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     path = imagenet_cache_file()
-    assert path.parent == tmp_path / "checkpoints" and path.name.startswith("resnet50-")
+    assert path.parent == tmp_path / "checkpoints" and path.name == "resnet50-0676ba61.pth"
     path.parent.mkdir()
-    torch.save(torchvision.models.resnet50().state_dict(), path)
+    torch.save(torchvision.models.resnet50().state_dict(), path)  # not torchvision's file: its hash differs from its name
+    with pytest.raises(ValueError, match=r"resnet50-0676ba61.pth is corrupt, or not the file torchvision published.*make weights"):
+        build_resnet50("imagenet1000", "imagenet")
+    # A file whose SHA-256 matches its name, as torch.hub names what it downloads, is taken.
+    named = path.parent / f"resnet50-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth"
+    path.rename(named)
+    monkeypatch.setattr(lib.weights, "imagenet_weights", lambda: type("W", (), {"url": f"https://example.invalid/{named.name}"})())
     _, outcome = build_resnet50("imagenet1000", "imagenet")
-    assert outcome.pretrained and outcome.notice == ""  # the original's set-up: nothing to say
+    assert outcome.pretrained and outcome.source == str(named) and outcome.notice == ""  # the original's set-up: nothing to say
     _, outcome = build_resnet50("binary", "imagenet")
     assert outcome.pretrained and "fc head is 1000-way, the run's is 2-way" in outcome.notice

@@ -1,11 +1,14 @@
 """`make run-all`'s behaviour: parameters from make's command line, unchanged runs skipped, a failure
 stops with its notebook kept."""
 
+import os
 import shutil
 
 import pytest
+import torch
+import torchvision
 
-from lib import pipeline
+from lib import pipeline, registry
 from lib.config import ParameterError
 from lib.layouts import read_layout
 
@@ -105,3 +108,61 @@ def test_an_unknown_notebook_parameter_is_refused_by_name():
     with pytest.raises(ValueError, match=r"01_baseline_cnn.ipynb has no parameter\(s\) epoch; it accepts: data_dir, .*epochs"):
         pipeline.check_parameters("01_baseline_cnn.ipynb", {"epoch": 3, "data_dir": "x"})
     pipeline.check_parameters("01_baseline_cnn.ipynb", {"epochs": 3, "positive_class": "a", "weights_path": "/x.pth", "tile_size": 96})
+
+
+def test_make_values_keep_dollars_and_a_parameter_given_twice_is_refused():
+    assert pipeline.make_command_line(" -- TITLE=cost\\ $$5") == [("TITLE", "cost $5")]
+    with pytest.raises(ParameterError, match=r"epochs is given twice, as EPOCHS=1 and as epochs='2' in SET; give it once"):
+        pipeline.settings_from_make(" -- SET=epochs=2 EPOCHS=1")
+    with pytest.raises(ParameterError, match=r"SET=.*No closing quotation"):
+        pipeline.settings_from_make(" -- SET=title='unclosed")
+    with pytest.raises(ParameterError, match=r"data_dir is empty"):
+        pipeline.checked_settings({"data_dir": ""})
+    with pytest.raises(ParameterError, match=r"the report takes runs_dir and reports_dir only, not epochs"):
+        pipeline.report({"epochs": "1"})
+
+
+def test_what_would_fail_inside_a_notebook_fails_before_the_first(monkeypatch, tmp_path, tiny_data):
+    monkeypatch.setattr(pipeline, "execute", lambda *a: pytest.fail("no notebook may start"))
+    common = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs")}
+    with pytest.raises(FileNotFoundError, match=r"weights_path .*nowhere.pth does not exist"):
+        pipeline.run_all(common | {"weights_path": str(tmp_path / "nowhere.pth")})
+    (tmp_path / "broken.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"broken.pth cannot be read as a PyTorch file"):
+        pipeline.run_all(common | {"weights_path": str(tmp_path / "broken.pth")})
+    with pytest.raises(ValueError, match=r"device='gpu' names no device: use auto, cpu, cuda"):
+        pipeline.run_all(common | {"device": "gpu"})
+    with pytest.raises(ValueError, match=r"multi_page='all' is not one of refuse, first, largest"):
+        pipeline.run_all(common | {"multi_page": "all"})
+    with pytest.raises(ValueError, match=r"weights='none' asks for no pretrained weights, but weights_path"):
+        pipeline.run_all(common | {"weights": "none", "weights_path": "/x.pth"})
+
+
+def test_a_run_whose_results_are_gone_or_whose_weights_changed_runs_again(monkeypatch, tmp_path, tiny_data):
+    ran = []
+
+    def fake_execute(notebook, executed_dir, parameters):
+        ran.append(notebook)
+        (executed_dir / notebook).parent.mkdir(parents=True, exist_ok=True)
+        (executed_dir / notebook).write_text("{}")
+        run = next(r for r in registry.run_names() if registry.run_entry(r)["notebook"] == notebook)
+        (tmp_path / "runs" / run).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "runs" / run / "result.json").write_text("{}")
+
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"),
+                "runs": "baseline,resnet50-10ep"}  # fmt: skip
+    pipeline.run_all(settings)
+    pipeline.run_all(settings)
+    assert ran == ["01_baseline_cnn.ipynb", "02_resnet50_10_epochs.ipynb"], "unchanged runs are skipped"
+    shutil.rmtree(tmp_path / "runs" / "baseline")
+    pipeline.run_all(settings)
+    assert ran[2:] == ["01_baseline_cnn.ipynb"], "a run whose folder was deleted runs again"
+    weights = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), weights)
+    pipeline.run_all(settings | {"weights_path": str(weights)})
+    pipeline.run_all(settings | {"weights_path": str(weights)})
+    os.utime(weights, ns=(0, 0))  # the same path, another file
+    pipeline.run_all(settings | {"weights_path": str(weights)})
+    assert ran[3:] == ["02_resnet50_10_epochs.ipynb"] * 2, "a new or changed weights file reruns the ResNet50 run, only it"
