@@ -32,7 +32,7 @@ class RunConfig:
     scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
     lr: float = 1e-3  # Adam's learning rate
     crop_size: int = 0  # pixels, only with augment; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256
-    tile_size: int = 0  # pixels: tiles are brought to tile_size x tile_size; 0 = the data set's own size when all its tiles share one, else 256 (the baseline takes 256 only and resizes to it)
+    tile_size: int = 0  # pixels per side; 0 = the data set's own when all its tiles share one, else 256 (the baseline: 256, resized)
     head: str = "imagenet1000"  # ResNet50: the original's kept 1000-way head, or "binary" (2-way)
     weights: str = "imagenet"  # ResNet50: "imagenet" when found offline (else from scratch, said so), or "none"
     weights_path: str | None = None  # a ResNet50 ImageNet state-dict file to use instead of the torch cache
