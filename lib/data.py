@@ -606,9 +606,9 @@ class TileCache:
             return ""
         data_file = self._file(".npy", self.size)
         on_disk = os.stat(data_file).st_blocks * 512  # the sparse file's real size
-        verb = "wrote" if self.decoded_now else "read"
-        return (f"{verb} {data_file}: {self.decoded_now} of the run's {n_rows} tiles decoded now, the rest read from it; "
-                f"{on_disk / 2**30:.2f} GiB on disk ({int((self.state == DECODED).sum())} of {len(self.state)} tiles of "
+        done = (f"wrote {data_file}: {self.decoded_now} of the run's {n_rows} tiles decoded into it now" if self.decoded_now
+                else f"read {data_file}: all {n_rows} of the run's tiles decoded before")
+        return (f"{done}; {on_disk / 2**30:.2f} GiB on disk ({int((self.state == DECODED).sum())} of {len(self.state)} tiles of "
                 f"{self.size}x{self.size}); cache_dir moves it")  # fmt: skip
 
 
@@ -664,18 +664,6 @@ class TileSet:
     @property
     def n_kept(self) -> int:
         return int(self.kept.sum())
-
-
-def check_tiles(sources: list[TileSource], size: int = TILE_SIZE, skip_bad_images: bool = False,
-                multi_page: str = "refuse") -> tuple[np.ndarray, DecodeRecord]:  # fmt: skip
-    """Decode every source once without keeping it: the checks of decode_tiles (bad files listed
-    before training, modes and sizes recorded) for the original input path, which reads files per epoch."""
-    cache = TileCache(sources, None, keep_tiles=False, multi_page=multi_page)
-    cache.open_size(size)
-    cache.decode(np.arange(len(sources)), "checking tiles")
-    record = cache.record(np.arange(len(sources)))
-    _raise_unless_skipped(record, skip_bad_images)
-    return cache.state == DECODED, record
 
 
 def _raise_unless_skipped(record: DecodeRecord, skip_bad_images: bool) -> None:
