@@ -105,12 +105,13 @@ def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame
     return chosen.reset_index(drop=True)
 
 
-def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
-    """Decoded tiles (N, 3, H, W) uint8 for the given evaluated ids: test tiles, or the labelled
-    tiles (ids are their paths) when the data set had no test set."""
+def decode_test_tiles(evaluation: dict, ids: list, size: int | None = None) -> "torch.Tensor":
+    """Decoded tiles (N, 3, size, size) uint8 for the given evaluated ids: test tiles, or the labelled
+    tiles (ids are their paths) when the data set had no test set. `size`: the course's 256 by
+    default; a run's own tile_size to show a network what it saw."""
     import dataclasses
 
-    from lib.data import decode_tiles, read_run_layout
+    from lib.data import TILE_SIZE, decode_tiles, read_run_layout
 
     config = RunFolder(evaluation["run_dir"]).run_config()
     index = read_run_layout(dataclasses.replace(config, data_dir=evaluation["data_dir"]))
@@ -118,7 +119,7 @@ def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
         by_id = dict(zip(index.test_ids, index.test_paths))
     else:
         by_id = {index.name_of(p): p for p in index.train_paths}
-    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], desc="decoding the tiles shown", cache_dir=None)
+    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], size or TILE_SIZE, desc="decoding the tiles shown", cache_dir=None)
     return tiles
 
 
