@@ -293,7 +293,7 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter loader_workers={config.loader_workers} must be 0 or more")
     if config.subset < 0:
         raise ValueError(f"parameter subset={config.subset} must be 0 (all tiles) or a positive count")
-    if config.weights == "none" and config.weights_path:
+    if config.model == "resnet50" and config.weights == "none" and config.weights_path:
         raise ValueError(f"parameter weights='none' asks for no pretrained weights, but weights_path={config.weights_path!r} is given: "
                          "leave one of them out")  # fmt: skip
     if not 0 < config.valid_fraction < 1:

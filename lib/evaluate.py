@@ -1,7 +1,9 @@
-"""Test predictions from a run's best checkpoint, their scores, and the original's submission file."""
+"""Predictions from each run's best checkpoint, their scores beside the majority-class floor, and
+the submission file in the form the data set's competition expects."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import sys
 from dataclasses import dataclass
@@ -12,12 +14,14 @@ import torch
 from tqdm import tqdm
 
 from lib.data import decode_tiles, read_run_layout
+from lib.layouts import LayoutError
 from lib.models import build_model, predicted_labels
 from lib.paths import resolve
 from lib.run_folder import RunFolder, save_atomically
 from lib.speed import autocast, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
-SUBMISSION_HEADER = "# Id,Values"
+SUBMISSION_HEADER = "# Id,Values"  # the original's (course) submission: hard 0/1 labels
+SAMPLE_SUBMISSION = "sample_submission.csv"  # a Kaggle data set's own form: its header, id order, class-1 probabilities
 
 
 @dataclass
@@ -48,14 +52,20 @@ def load_trained_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[t
 
 
 @torch.inference_mode()
-def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64) -> TilePredictions:
+def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto", batch_size: int = 64,
+                       which: str = "auto") -> TilePredictions:  # fmt: skip
     """Predict every test tile, in id order, from `run_dir`'s best checkpoint (ToTensor only), with
     the precision the run trained with. `data_dir`: the run's own (from its config.json) by default.
     A data set without a test set is scored on the run's own validation tiles, read from its
     split.csv (the scores lean optimistic: the best epoch was chosen on them; `scored_on` says so).
+    `which="validation"` asks for those validation tiles even when there is a test set (for test
+    tiles whose labels are unknown). Decoded tiles come from the tile cache when it has them.
 
     Returns TilePredictions: predictions (N,) int64 0/1 and scores (N,) float32 probability of class 1.
-    Raises FileNotFoundError when the run has no best.pt, config.json or (without a test set) split.csv."""
+    Raises FileNotFoundError when the run has no best.pt, config.json or (without a test set) split.csv,
+    and ValueError for `which` other than "auto" or "validation"."""
+    if which not in ("auto", "validation"):
+        raise ValueError(f"which={which!r}: predict 'auto' (the test tiles, else the validation split) or 'validation'")
     folder = RunFolder(run_dir)
     model, checkpoint = load_trained_model(folder.path)
     config = folder.run_config()
@@ -67,7 +77,7 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
 
     index = read_run_layout(config)
     cache_dir = config.cache_dir or None
-    if index.test_paths:
+    if index.test_paths and which == "auto":
         tiles, _, _ = decode_tiles(index.test_paths, config.tile_size, desc="decoding test tiles", cache_dir=cache_dir, multi_page=config.multi_page)
         ids, labels, scored_on = index.test_ids, index.test_labels, "test"
     else:
@@ -82,7 +92,8 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
         tiles, _, _ = decode_tiles([by_name[name][0] for name in ids], config.tile_size, desc="decoding validation tiles", cache_dir=cache_dir,
                                   multi_page=config.multi_page)  # fmt: skip
         labels = np.array([by_name[name][1] for name in ids], dtype=np.int64)
-        scored_on = (f"validation split of {folder.name} ({len(ids)} tiles): the {index.layout} layout has no test set. "
+        why = f"the {index.layout} layout has no test set" if not index.test_paths else "the test tiles' labels are unknown"
+        scored_on = (f"validation split of {folder.name} ({len(ids)} tiles): {why}. "
                      "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []
     with host_memory(settings):
@@ -105,15 +116,205 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
     )
 
 
-def write_submission(path: str | Path, ids: list[int], predictions) -> Path:
-    """The original's submission: a `# Id,Values` header, then `id,label` rows in id order."""
+# Scores. Every accuracy is shown beside the majority-class rate of the same tiles: the accuracy a
+# model reaches by predicting the more frequent class for every tile, which on an unbalanced set
+# can look like learning (a 90/10 set gives 90 % for nothing).
+
+
+def class_counts(labels) -> list[int]:
+    """[tiles of class 0, tiles of class 1] of 0/1 labels (N,) of any integer dtype.
+    Raises ValueError for a label other than 0 or 1."""
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 or 1; got {sorted(set(labels.tolist()) - {0, 1})[:5]}")
+    return np.bincount(labels, minlength=2).tolist()
+
+
+def majority_rate(labels) -> float:
+    """The accuracy of predicting the more frequent class for every tile (the "zero rule"):
+    max(n0, n1) / n for 0/1 labels (N,). Raises ValueError when there are no labels."""
+    counts = class_counts(labels)
+    if sum(counts) == 0:
+        raise ValueError("no labels: a majority-class rate needs at least one tile")
+    return max(counts) / sum(counts)
+
+
+def one_class_flag(predictions) -> str:
+    """"predicts class 0 for every tile" (or 1) when every prediction (N,) is the same class, else ""."""
+    predicted = np.unique(np.asarray(predictions))
+    return f"predicts class {int(predicted[0])} for every tile" if len(predicted) == 1 else ""
+
+
+def score_predictions(labels, predictions, scores) -> dict:
+    """Scores of 0/1 predictions (N,) and class-1 probabilities (N,) against 0/1 labels (N,), as
+    plain numbers (for JSON):
+
+    n, class_counts [n0, n1], majority_class, majority_rate (max(n0, n1) / n), accuracy,
+    balanced_accuracy (the mean of the two classes' recalls, Brodersen et al. 2010; scikit-learn's
+    balanced_accuracy_score; 0.5 for any one-class predictor on two classes), roc_auc (area under the
+    ROC curve of the scores, scikit-learn's roc_auc_score; None when the labels hold one class only,
+    where it is undefined), confusion_matrix [[true 0 predicted 0, true 0 predicted 1], [true 1
+    predicted 0, true 1 predicted 1]], predicted_counts [p0, p1], and one_class (one_class_flag).
+
+    Raises ValueError when the three lengths differ, there are no tiles, or a label is not 0 or 1."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+    labels, predictions, scores = (np.asarray(a).ravel() for a in (labels, predictions, scores))
+    if not len(labels) == len(predictions) == len(scores):
+        raise ValueError(f"{len(labels)} labels, {len(predictions)} predictions and {len(scores)} scores: one each per tile")
+    counts = class_counts(labels)
+    rate = majority_rate(labels)
+    with warnings.catch_warnings():  # one class in the labels: its recall alone, which is what it should be
+        warnings.simplefilter("ignore")
+        balanced = float(balanced_accuracy_score(labels, predictions))
+    return {
+        "n": int(len(labels)),
+        "class_counts": counts,
+        "majority_class": int(np.argmax(counts)),
+        "majority_rate": float(rate),
+        "accuracy": float((predictions == labels).mean()),
+        "balanced_accuracy": balanced,
+        "roc_auc": float(roc_auc_score(labels, scores)) if min(counts) > 0 else None,
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=[0, 1]).tolist(),
+        "predicted_counts": class_counts(predictions),
+        "one_class": one_class_flag(predictions),
+    }
+
+
+def score_test_predictions(result: TilePredictions) -> dict | None:
+    """score_predictions of `result` against its known labels, with n_test (its tile count) and
+    scored_on; None when the labels are unknown (a test set without labels)."""
+    if result.labels is None:
+        return None
+    return {"n_test": len(result.ids), "scored_on": result.scored_on} | score_predictions(result.labels, result.predictions, result.scores)
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def scores_text(metrics: dict) -> str:
+    """One line that puts accuracy beside its floor: accuracy, the majority-class rate and class
+    counts of the same tiles, balanced accuracy, ROC-AUC, and a one-class predictor named in words."""
+    n0, n1 = metrics["class_counts"]
+    auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
+    text = (f"accuracy {percent(metrics['accuracy'])} (majority-class rate {percent(metrics['majority_rate'])}: "
+            f"{n0} tiles of class 0, {n1} of class 1), balanced accuracy {percent(metrics['balanced_accuracy'])}, ROC-AUC {auc}")  # fmt: skip
+    return text + (f"; it {metrics['one_class']}" if metrics["one_class"] else "")
+
+
+@dataclass
+class RunEvaluation:
+    """One run's best checkpoint on the held-out tiles."""
+
+    run: str
+    predictions: TilePredictions  # the test tiles (the submission's), or the validation split without a test set
+    scored: TilePredictions  # what `metrics` scores: `predictions`, or the validation split when the test labels are unknown
+    metrics: dict  # score_test_predictions(scored)
+
+
+def evaluate_runs(runs_dir: str | Path, runs: list[str], data_dir: str | Path | None = None, device: str = "auto",
+                  batch_size: int = 64) -> dict[str, RunEvaluation]:  # fmt: skip
+    """Every run's best checkpoint (already on disk) predicts the test tiles (decoded once into the
+    tile cache and read from it after), in `runs`' order. Where the test labels are unknown, each run
+    is scored on its own validation split instead, and its `scored_on` says so.
+
+    Raises FileNotFoundError naming a run that has not been trained."""
+    evaluations = {}
+    for run in runs:
+        run_dir = resolve(runs_dir) / run
+        predictions = predict_test_tiles(run_dir, data_dir, device=device, batch_size=batch_size)
+        scored = predictions if predictions.labels is not None else predict_test_tiles(run_dir, data_dir, device, batch_size, which="validation")
+        evaluations[run] = RunEvaluation(run, predictions, scored, score_test_predictions(scored))
+    return evaluations
+
+
+# The submission file.
+
+
+def _write_lines(path: str | Path, lines: list[str]) -> Path:
     path = resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [SUBMISSION_HEADER] + [f"{i},{int(p)}" for i, p in zip(ids, predictions)]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_submission(path: str | Path, ids: list[int], predictions) -> Path:
+    """The original's submission: a `# Id,Values` header, then `id,label` rows in id order."""
+    return _write_lines(path, [SUBMISSION_HEADER] + [f"{i},{int(p)}" for i, p in zip(ids, predictions)])
+
+
+@dataclass(frozen=True)
+class SubmissionForm:
+    """How the submission is written: the data set's own competition's form, or the original's."""
+
+    name: str  # "competition" (the data set's sample_submission.csv) or "course" (the original's)
+    header: str  # the first line, as written
+    values: str  # what each row's second column holds, in words
+    ids: list[str] | None  # the sample's ids in its order; None: the test ids in id order
+    why: str  # why this form, in a sentence for the report
+
+
+def submission_form(data_dir: str | Path) -> SubmissionForm:
+    """The submission form of the data set at `data_dir` (a folder, or a CSV file's folder). With a
+    sample_submission.csv there (Kaggle's form, e.g. PatchCamelyon's), the competition's: its header
+    line as it is, its ids in its order, and each value the probability of class 1 (such competitions
+    score ranked probabilities by ROC-AUC, and hard labels throw that ranking away). Otherwise the
+    original's course form: `# Id,Values`, then hard 0/1 labels in id order.
+
+    Raises LayoutError when the sample is not a two-column header with id,value rows, or repeats an id."""
+    folder = Path(data_dir)
+    folder = folder.parent if folder.is_file() else folder
+    sample = folder / SAMPLE_SUBMISSION
+    if not sample.is_file():
+        return SubmissionForm("course", SUBMISSION_HEADER, "the predicted label, 0 or 1", None,
+                              f"the original's course form ({SUBMISSION_HEADER!r}, hard 0/1 labels in id order), "
+                              f"as the data set carries no {SAMPLE_SUBMISSION} of its own")  # fmt: skip
+    with open(sample, newline="", encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    header = lines[0].strip() if lines else ""
+    if len(next(csv.reader([header]), [])) != 2:
+        raise LayoutError(f"{sample}: its first line should be a two-column header such as 'id,label'; got {header!r}")
+    ids = [row[0].strip() for row in csv.reader(lines[1:]) if row and "".join(row).strip()]
+    repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if repeated:
+        raise LayoutError(f"{sample}: ids listed more than once: {', '.join(repeated[:10])} ({len(repeated)} in all)")
+    return SubmissionForm("competition", header, "the probability of class 1", ids,
+                          f"the data set's own competition form, from its {SAMPLE_SUBMISSION}: header {header!r}, its "
+                          f"{len(ids)} ids in its order, each value the probability of class 1 (the competition scores "
+                          "ranked probabilities by ROC-AUC; the original's hard 0/1 labels would throw the ranking away)")  # fmt: skip
+
+
+def write_submission_file(path: str | Path, result: TilePredictions) -> dict:
+    """`result`'s test predictions written to `path` in submission_form(result.data_dir); returns
+    the record evaluation.json keeps: path, form, header, values, why, rows, and left_out (test
+    tiles the sample does not list, which are not written).
+
+    Raises ValueError when `result` is not of test tiles, or the sample lists ids that no test tile
+    has (the first ten named)."""
+
+    if result.scored_on != "test":
+        raise ValueError(f"no submission from predictions of the {result.scored_on}: a submission is of test tiles")
+    form = submission_form(result.data_dir)
+    left_out: list[str] = []
+    if form.ids is None:
+        written = write_submission(path, result.ids, result.predictions)
+        rows = len(result.ids)
+    else:
+        by_id = {str(i): float(score) for i, score in zip(result.ids, result.scores)}
+        missing = [i for i in form.ids if i not in by_id]
+        if missing:
+            raise ValueError(f"{SAMPLE_SUBMISSION} lists {len(missing)} id(s) with no test tile in {result.data_dir}: "
+                             f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")  # fmt: skip
+        left_out = sorted(set(by_id) - set(form.ids))
+        written = _write_lines(path, [form.header] + [f"{i},{by_id[i]:.6f}" for i in form.ids])
+        rows = len(form.ids)
+    return {"path": str(written), "form": form.name, "header": form.header, "values": form.values, "why": form.why,
+            "rows": rows, "left_out": len(left_out)}  # fmt: skip
 
 
 def first_five_line(predictions) -> str:
@@ -121,24 +322,12 @@ def first_five_line(predictions) -> str:
     return f"Example prediction, 5 items from front : {[int(p) for p in predictions[:5]]}"
 
 
-def score_test_predictions(result: TilePredictions) -> dict | None:
-    """Accuracy, ROC-AUC and the confusion matrix, when the test labels are known."""
-    if result.labels is None:
-        return None
-    from sklearn.metrics import confusion_matrix, roc_auc_score
-
-    labels = result.labels
-    both_classes = len(np.unique(labels)) == 2
-    return {
-        "n_test": int(len(labels)),
-        "accuracy": float((result.predictions == labels).mean()),
-        "roc_auc": float(roc_auc_score(labels, result.scores)) if both_classes else None,
-        "confusion_matrix": confusion_matrix(labels, result.predictions, labels=[0, 1]).tolist(),
-    }
-
-
-def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path) -> Path:
-    """evaluation.json (what the report reads) and test_predictions.csv beside the submission."""
+def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out_dir: str | Path,
+                    runs: dict[str, RunEvaluation] | None = None, submission: dict | None = None) -> Path:  # fmt: skip
+    """evaluation.json (what the report reads) and test_predictions.csv (the final run's `result`)
+    beside the submission. evaluation.json holds the final run's record at its top level (`metrics`:
+    its test scores, None without test labels), `runs`: each evaluated run's scores and what they
+    were scored on, and `submission`: the record write_submission_file returned (None: none written)."""
     out_dir = resolve(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = ["id,prediction,score_class1" + (",label" if result.labels is not None else "")]
@@ -157,6 +346,9 @@ def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out
         "scored_on": result.scored_on,
         "first_five": first_five_line(result.predictions),
         "metrics": metrics,
+        "runs": {name: {"scored_on": e.scored.scored_on, "checkpoint": e.scored.checkpoint, "best_epoch": e.scored.best_epoch,
+                        "metrics": e.metrics} for name, e in (runs or {}).items()},  # fmt: skip
+        "submission": submission,
     }
     save_atomically(record, out_dir / "evaluation.json")
     return out_dir / "evaluation.json"

@@ -1,7 +1,8 @@
 """The report's numbers: every run's saved results beside the original's reported figures.
 
 Nothing here is typed in: measured figures come from runs/<run>/result.json and
-reports/evaluation.json, reported ones from the registry.
+reports/evaluation.json, reported ones from the registry. Every accuracy shown stands beside the
+majority-class rate of the same tiles (what predicting one class for every tile would score).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from lib import registry
+from lib.evaluate import scores_text
 from lib.paths import resolve
 from lib.run_folder import RunFolder, RunResult
 
@@ -51,7 +53,8 @@ def load_test_scores(reports_dir) -> tuple[list[int], list[float]] | None:
 
 
 def comparison_table(results: dict[str, RunResult]) -> pd.DataFrame:
-    """Reported by the original versus measured here, one row per run, each cell "original / here"."""
+    """Reported by the original versus measured here, one row per run, each cell "original / here";
+    the majority-class rate of the validation tiles scored here beside them (the original reported none)."""
     rows = []
     for run, result in results.items():
         reported = registry.reported(run)
@@ -61,18 +64,32 @@ def comparison_table(results: dict[str, RunResult]) -> pd.DataFrame:
             "epochs": f"{registry.run_parameters(run, 'full')['epochs']} / {s['epochs']}",
             "final valid acc": f"{_percent(reported['final_valid_accuracy'])} / {_percent(s['final_valid_accuracy'])}",
             "best valid acc": f"{_percent(reported['best_valid_accuracy'])} / {_percent(s['best_valid_accuracy'])}",
+            "majority rate of the validation tiles here": _percent(s.get("valid_majority_rate")),
             "training time": f"{_duration(reported['elapsed_s'])} / {_duration(s['elapsed_s'])}",
             "images/s here": f"{s['train_images_per_s']:.1f}",
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("run")
 
 
-def run_figures(result: RunResult) -> str:
-    """One run's measured figures as a Markdown line."""
+def _floor(s: dict) -> str:
+    """The majority-class rate of a run's validation tiles, as a clause (older results lack it)."""
+    if s.get("valid_majority_rate") is None:
+        return ""
+    return f" (majority-class rate of its {s['n_valid_scored']} validation tiles: {_percent(s['valid_majority_rate'])})"
+
+
+def run_figures(result: RunResult, evaluation: dict | None = None) -> str:
+    """One run's measured figures as a Markdown line: validation accuracies beside their
+    majority-class rate, time and speed, and (with `evaluation`) its best checkpoint's scores."""
     s = result.summary
-    return (f"Measured here: final valid acc {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
-            f"(epoch {s['best_epoch']}), {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
+    text = (f"Measured here: final valid acc {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
+            f"(epoch {s['best_epoch']}){_floor(s)}, {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
             f"{s['train_images_per_s']:.1f} training images/s on {s['environment']['device']}.")  # fmt: skip
+    scored = (evaluation or {}).get("runs", {}).get(s["run"])
+    if scored and scored["metrics"]:
+        where = "test tiles" if scored["scored_on"] == "test" else "validation split (no labelled test set)"
+        text += f" Best checkpoint on the {where}: {scores_text(scored['metrics'])}."
+    return text
 
 
 def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame:
@@ -88,12 +105,13 @@ def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame
     return chosen.reset_index(drop=True)
 
 
-def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
-    """Decoded tiles (N, 3, H, W) uint8 for the given evaluated ids: test tiles, or the labelled
-    tiles (ids are their paths) when the data set had no test set."""
+def decode_test_tiles(evaluation: dict, ids: list, size: int | None = None) -> "torch.Tensor":
+    """Decoded tiles (N, 3, size, size) uint8 for the given evaluated ids: test tiles, or the labelled
+    tiles (ids are their paths) when the data set had no test set. `size`: the course's 256 by
+    default; a run's own tile_size to show a network what it saw."""
     import dataclasses
 
-    from lib.data import decode_tiles, read_run_layout
+    from lib.data import TILE_SIZE, decode_tiles, read_run_layout
 
     config = RunFolder(evaluation["run_dir"]).run_config()
     index = read_run_layout(dataclasses.replace(config, data_dir=evaluation["data_dir"]))
@@ -101,7 +119,8 @@ def decode_test_tiles(evaluation: dict, ids: list) -> "torch.Tensor":
         by_id = dict(zip(index.test_ids, index.test_paths))
     else:
         by_id = {index.name_of(p): p for p in index.train_paths}
-    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], desc="decoding the tiles shown", cache_dir=None, multi_page=config.multi_page)
+    tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], size or TILE_SIZE, desc="decoding the tiles shown", cache_dir=None,
+                               multi_page=config.multi_page)  # fmt: skip
     return tiles
 
 
@@ -120,8 +139,124 @@ def submission_head(reports_dir, lines: int = 6) -> str:
     return f"{path.name} ({len(rows) - 1} rows), first lines:\n\n```\n{''.join(rows[:lines])}```"
 
 
+def _auc(value) -> str:
+    return f"{value:.3f}" if value is not None else "undefined"
+
+
+def _run_scores(evaluation: dict) -> dict[str, dict]:
+    """{run: {"scored_on", "checkpoint", "best_epoch", "metrics"}} from evaluation.json; an older
+    file without per-run scores gives the final run's alone."""
+    if evaluation.get("runs"):
+        return evaluation["runs"]
+    if evaluation.get("metrics"):
+        return {evaluation["run"]: {k: evaluation.get(k) for k in ("scored_on", "checkpoint", "best_epoch", "metrics")}}
+    return {}
+
+
+def _held_out(scored_on: str) -> str:
+    return "test tiles" if scored_on == "test" else "its validation split"
+
+
+def _sizes(s: dict) -> str:
+    return f"{s['n_train']} / {s['n_valid']}"
+
+
+def runs_table(results: dict[str, RunResult], evaluation: dict) -> str:
+    """The report's one table of every run, as Markdown: what it trained on, its validation
+    accuracy (the original's metric) beside that split's majority rate, and its best checkpoint's
+    accuracy, balanced accuracy and ROC-AUC on the held-out tiles beside their majority-class rate."""
+    scores = _run_scores(evaluation)
+    lines = ["| run | tile px | tiles train / valid | epochs | best valid acc (majority rate) | held-out tiles | accuracy | "
+             "balanced accuracy | ROC-AUC | majority rate | time | images/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for run, result in results.items():
+        s, m = result.summary, (scores.get(run) or {}).get("metrics")
+        valid = _percent(s["best_valid_accuracy"]) + (f" ({_percent(s['valid_majority_rate'])})" if s.get("valid_majority_rate") is not None else "")
+        if m:
+            where = "test" if scores[run]["scored_on"] == "test" else "validation split"
+            held = f"{where}, {m['n']} ({m['class_counts'][0]} / {m['class_counts'][1]})"
+            accuracy = _percent(m["accuracy"]) + (f" **{m['one_class']}**" if m["one_class"] else "")
+            cells = [held, accuracy, _percent(m["balanced_accuracy"]), _auc(m["roc_auc"]), _percent(m["majority_rate"])]
+        else:
+            cells = ["not scored (no labels)", "", "", "", ""]
+        lines.append(f"| {run} | {result.config['tile_size']} | {_sizes(s)} | {s['epochs']} | {valid} | " + " | ".join(cells)
+                     + f" | {_duration(s['elapsed_s'])} | {s['train_images_per_s']:.1f} |")  # fmt: skip
+    lines.append("")
+    lines.append("*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation "
+                 "split (the history keeps it so); *held-out tiles* are the tiles each best checkpoint was scored on, with their "
+                 "class counts (class 0 / class 1); *majority rate* is the accuracy of predicting the more frequent class for every "
+                 "one of those tiles; *balanced accuracy* is the mean of the two classes' recalls (0.5 for any one-class predictor).")  # fmt: skip
+    return "\n".join(lines)
+
+
+def scores_table(evaluation: dict) -> pd.DataFrame:
+    """Every run's best checkpoint on the held-out tiles, one row per run: what it was scored on,
+    the tiles per class, accuracy beside the majority-class rate, balanced accuracy, ROC-AUC, the
+    predictions per class, and a one-class predictor named."""
+    rows = []
+    for run, scored in _run_scores(evaluation).items():
+        m = scored["metrics"]
+        if not m:
+            continue
+        rows.append({
+            "run": run,
+            "scored on": "test tiles" if scored["scored_on"] == "test" else scored["scored_on"],
+            "tiles (class 0 / 1)": f"{m['n']} ({m['class_counts'][0]} / {m['class_counts'][1]})",
+            "accuracy": _percent(m["accuracy"]),
+            "majority rate": _percent(m["majority_rate"]),
+            "balanced accuracy": _percent(m["balanced_accuracy"]),
+            "ROC-AUC": _auc(m["roc_auc"]),
+            "predicted (0 / 1)": f"{m['predicted_counts'][0]} / {m['predicted_counts'][1]}",
+            "note": m["one_class"],
+        })  # fmt: skip
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
+def submission_note(evaluation: dict) -> str:
+    """Which submission form was written and why, as Markdown."""
+    submission = evaluation.get("submission")
+    if not submission:
+        return "No submission file was written: the data set has no test tiles."
+    left_out = f" {submission['left_out']} test tile(s) that the sample does not list were left out." if submission.get("left_out") else ""
+    return (f"**Submission** ({submission['rows']} rows, from {evaluation['run']}'s best checkpoint): written in {submission['why']}; "
+            f"each row holds {submission['values']}.{left_out}")  # fmt: skip
+
+
+def quick_story(results: dict[str, RunResult], evaluation: dict) -> str:
+    """For the quick profile, what its runs show of the original's story and what needs the full
+    profile or ImageNet weights, from the measured scores. Empty for the full profile."""
+    if not any(r.summary["profile"] == "quick" for r in results.values()):
+        return ""
+    scores = _run_scores(evaluation)
+
+    def auc(run):
+        m = (scores.get(run) or {}).get("metrics") or {}
+        return m.get("roc_auc")
+
+    final, runs = registry.final_run(), list(results)
+    resnets = [run for run in runs if results[run].config["model"] == "resnet50"]
+    scratch = any(not results[run].summary["weights"]["pretrained"] for run in resnets)
+    shown = []
+    baseline = next((run for run in runs if results[run].config["model"] == "baseline"), None)
+    if baseline and auc(baseline) is not None and auc(final) is not None:
+        verb = "beats" if auc(final) > auc(baseline) + 0.01 else "does not beat"
+        shown.append(f"the final ResNet50 {verb} the small baseline CNN on the held-out tiles (ROC-AUC {auc(final):.3f} against {auc(baseline):.3f})")
+    if resnets and resnets[0] != final and auc(resnets[0]) is not None and auc(final) is not None:
+        verb = "improve on" if auc(final) > auc(resnets[0]) + 0.01 else "do not improve on"
+        shown.append(f"the longer ResNet50 runs {verb} the shortest ({resnets[0]}: {auc(resnets[0]):.3f}, {final}: {auc(final):.3f})")
+    epochs = ", ".join(str(results[run].summary["epochs"]) for run in resnets)
+    needs = "the full profile (a GPU)" + (" and ImageNet weights (`make weights`; these ResNet50 runs started from scratch)" if scratch else "")
+    shown_text = ("; ".join(shown) + ". ") if shown else ""
+    return (f"**What the quick runs show:** {shown_text[:1].upper() + shown_text[1:]}They are the original's four runs scaled down "
+            f"(ResNet50 for {epochs} epochs in place of 10, 100 and 150), so they show the direction of its story, not its figures: "
+            f"the original's 96-100 % validation accuracy, run 2's swings between epochs and their damping by ReduceLROnPlateau "
+            f"(whose patience, 10 epochs, is longer than these runs) need {needs}.")  # fmt: skip
+
+
 def headline(results: dict[str, RunResult], evaluation: dict) -> str:
-    """The summary a reader sees first, as Markdown."""
+    """The summary a reader sees first, as Markdown: data, profile, device, the one table of every
+    run (runs_table), the final run's held-out scores and its submission, and for the quick profile
+    what its runs show (quick_story)."""
     final = results[registry.final_run()].summary
     profiles = sorted({r.summary["profile"] for r in results.values()})
     lines = [
@@ -130,28 +265,38 @@ def headline(results: dict[str, RunResult], evaluation: dict) -> str:
         f"**Profile:** {', '.join(profiles)} ({final['profile_reason']}).",
         f"**Device:** {final['environment']['device']} ({final['environment']['gpu'] if final['environment']['gpu'] != 'none' else final['environment']['cpu']}).",
         "",
-        "| run | final valid acc | best valid acc | epochs | time |",
-        "| --- | --- | --- | --- | --- |",
+        runs_table(results, evaluation),
+        "",
     ]
-    for run, result in results.items():
-        s = result.summary
-        lines.append(f"| {run} | {_percent(s['final_valid_accuracy'])} | {_percent(s['best_valid_accuracy'])} | {s['epochs']} | {_duration(s['elapsed_s'])} |")
     metrics = evaluation.get("metrics")
-    lines.append("")
     scored_on = evaluation.get("scored_on", "test")
     if metrics and scored_on != "test":
-        auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
-        lines.append(f"**No test set; scored on the {scored_on}:** accuracy {_percent(metrics['accuracy'])}, ROC-AUC {auc}.")
+        lines.append(f"**No test set; {evaluation['run']} scored on the {scored_on}:** {scores_text(metrics)}.")
     elif metrics:
-        auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
-        lines.append(f"**Test set** ({metrics['n_test']} tiles, {evaluation['run']}'s best checkpoint): accuracy "
-                     f"{_percent(metrics['accuracy'])}, ROC-AUC {auc}.")  # fmt: skip
+        lines.append(f"**Test set** ({metrics['n_test']} tiles, {evaluation['run']}'s best checkpoint, the submission's): {scores_text(metrics)}.")
     else:
-        lines.append(f"**Test set** ({evaluation['n_test']} tiles): no test labels, so predictions only (the submission file).")
+        lines.append(f"**Test set** ({evaluation['n_test']} tiles): no test labels, so the submission file is the result; "
+                     "the table scores each run on its own validation split.")  # fmt: skip
+    lines += ["", submission_note(evaluation)]
+    story = quick_story(results, evaluation)
+    if story:
+        lines += ["", story]
     return "\n".join(lines)
 
 
-def deviations(results: dict[str, RunResult]) -> str:
+def quick_design(results: dict[str, RunResult]) -> str:
+    """The sizes each run actually used, in a sentence per run (Markdown list items)."""
+    items = []
+    for run, r in results.items():
+        c, s = r.config, r.summary
+        crop = f", cropped to {c['crop_size']} px when augmenting" if c["augment"] else ""
+        items.append(f"  - {run}: {c['tile_size']}×{c['tile_size']} px tiles{crop}; {s['n_train']} training / {s['n_valid']} validation "
+                     f"tiles ({'a subset of ' + str(c['subset']) if c['subset'] else 'all'}, valid_fraction {c['valid_fraction']:g}); "
+                     f"{s['epochs']} epochs (the original: {registry.run_parameters(run, 'full')['epochs']}), batch {c['batch_size']}")  # fmt: skip
+    return "\n".join(items)
+
+
+def deviations(results: dict[str, RunResult], evaluation: dict | None = None) -> str:
     """What differs from the original, as Markdown, read from what the runs actually did."""
     final = results[registry.final_run()].summary
     items = []
@@ -171,13 +316,22 @@ def deviations(results: dict[str, RunResult]) -> str:
                      "(lib/synthetic.py), in the course layout and sizes. Its figures are not comparable one to one with the original's.")  # fmt: skip
     else:
         items.append(f"- **Data:** {final['data_origin']}.")
-    short = [run for run, r in results.items() if r.summary["epochs"] != registry.run_parameters(run, "full")["epochs"] or r.config["subset"]]
+    full = {run: registry.run_parameters(run, "full") for run in results}
+    short = [run for run, r in results.items() if r.summary["epochs"] != full[run]["epochs"] or r.config["subset"]
+             or r.config["tile_size"] != full[run].get("tile_size", r.config["tile_size"])]  # fmt: skip
     if short:
-        items.append(f"- **Profile `{final['profile']}`:** {', '.join(short)} ran with fewer epochs and/or a subset of the tiles "
-                     "(the registry's quick values) so that everything runs on a CPU; their accuracies are not the original's experiment.")  # fmt: skip
+        items.append(f"- **Profile `{final['profile']}`:** so that everything runs on a CPU in minutes, the runs are scaled down "
+                     "(the registry's quick values); the ResNet50 runs keep the original's relation (the shortest; longer with "
+                     "ReduceLROnPlateau; the longest). Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
     items.append("- **Baseline optimizer:** the original does not state it; the workbook uses Adam (lr 1e-3) as in the later runs.")
     items.append("- **Predictions:** with the kept 1000-way head, accuracy and predictions take the arg-max over the two "
                  "label outputs; the original took it over all 1000, which can name a class that is neither 0 nor 1.")  # fmt: skip
+    items.append("- **Scores:** the history keeps the original's validation metric (the mean of batch accuracies, over full "
+                 "batches only); the workbook adds, for every run's best checkpoint rather than the final run's alone, test "
+                 "accuracy, balanced accuracy and ROC-AUC, each beside the majority-class rate of the same tiles.")  # fmt: skip
+    submission = (evaluation or {}).get("submission")
+    if submission and submission["form"] != "course":
+        items.append(f"- **Submission:** written in {submission['why']}, not the original's `# Id,Values` with hard labels.")
     return "\n".join(items)
 
 

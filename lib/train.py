@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib.config import RunConfig
-from lib.data import FileTileDataset, Split, TileBatches, TileSet, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
+from lib.data import FileTileDataset, Split, TileBatches, TileSet, batch_plan, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
 from lib.environment import environment_record
+from lib.evaluate import class_counts, majority_rate
 from lib.layouts import TileIndex
 from lib.models import BaselineCNN, WeightsOutcome, build_model, predicted_labels
 from lib.run_folder import RunFolder, RunResult
@@ -307,10 +308,45 @@ def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data:
     return history, elapsed
 
 
+def validated_rows(valid: np.ndarray, batch_size: int) -> np.ndarray:
+    """The validation tiles (positions) an epoch scores: unshuffled, with drop_last as the original,
+    the first floor(n / b) batches, b the batch size the loader really uses (batch_plan: all of them
+    in one smaller batch when they are fewer than batch_size). The mean of their batch accuracies is
+    their accuracy."""
+    b = batch_plan(len(valid), batch_size, "validation")
+    return valid[: len(valid) // b * b]
+
+
+def class_balance(data: RunData, batch_size: int) -> dict:
+    """Class counts and majority-class rates of the training tiles and of the validation tiles
+    scored: the accuracy that predicting one class for every tile reaches, beside which every
+    accuracy of the run is to be read."""
+    labels = data.tile_set.labels
+    valid = labels[validated_rows(data.split.valid, batch_size)]
+    return {
+        "train_class_counts": class_counts(labels[data.split.train]),
+        "train_majority_rate": majority_rate(labels[data.split.train]),
+        "valid_class_counts": class_counts(valid),
+        "valid_majority_rate": majority_rate(valid),
+        "n_valid_scored": len(valid),
+    }
+
+
+def class_balance_line(balance: dict) -> str:
+    (t0, t1), (v0, v1) = balance["train_class_counts"], balance["valid_class_counts"]
+    return (f"classes: training {t0} tiles of class 0, {t1} of class 1 (majority-class rate {balance['train_majority_rate']:.4f}); "
+            f"the {balance['n_valid_scored']} validation tiles each epoch scores (drop_last) {v0} and {v1} (majority-class rate "
+            f"{balance['valid_majority_rate']:.4f}). Predicting one class for every tile reaches these accuracies.")  # fmt: skip
+
+
 def record_result(config: RunConfig, folder: RunFolder, data: RunData, training: Training, history: list[dict], elapsed: float) -> RunResult:
     """Stage 5, record: the run's summary in result.json, what the report reads."""
     best_row = max(history, key=lambda r: r["valid_accuracy"])
     record = data.tile_set.record
+    balance = class_balance(data, config.batch_size)
+    print(f"valid_accuracy (the mean of batch accuracies, as the original): best {best_row['valid_accuracy']:.4f} (epoch "
+          f"{best_row['epoch']}), final {history[-1]['valid_accuracy']:.4f}, beside a majority-class rate of "
+          f"{balance['valid_majority_rate']:.4f} on the same {balance['n_valid_scored']} tiles")  # fmt: skip
     summary = {
         "run": config.run,
         "title": config.title,
@@ -325,6 +361,7 @@ def record_result(config: RunConfig, folder: RunFolder, data: RunData, training:
         "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
         "n_train": len(data.split.train),
         "n_valid": len(data.split.valid),
+        **balance,
         "input_path": data.placement,
         "precision": training.settings.precision,
         "speed_settings": describe(training.settings),
@@ -353,6 +390,7 @@ def fit(config: RunConfig) -> RunResult:
     folder = RunFolder(config.run_dir)
     data = load_run_data(config, device)
     config = data.config  # sizes as used: what config.json, resume and the evaluation see
+    print(class_balance_line(class_balance(data, config.batch_size)))
     training = build_training(config, device)
     print(f"speed: {data.placement}; {describe(training.settings)}")
     start = resume_or_start(config, folder, training, data)

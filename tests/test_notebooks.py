@@ -25,6 +25,8 @@ def test_each_run_trained_and_logged_like_the_original(executed_workbook):
         text = _text_outputs(_executed(executed_workbook, registry.run_entry(run)["notebook"]))
         assert re.search(r"\|\| \[0/\d+\], train_loss = [\d.]+, train_accuracy = [\d.]+, valid_loss", text)
         assert "End of training, elapsed time :" in text
+        assert "beside a majority-class rate of" in text and "Predicting one class for every tile reaches these accuracies" in text
+        assert 0.5 <= result["valid_majority_rate"] <= 1 and sum(result["valid_class_counts"]) == result["n_valid_scored"]
         assert {"config.json", "split.csv", "history.json", "initial.pt", "best.pt", "last.pt"} <= {p.name for p in (executed_workbook / "runs" / run).iterdir()}
 
 
@@ -49,6 +51,15 @@ def test_evaluation_writes_the_submission_and_scores(executed_workbook):
     assert "Example prediction, 5 items from front : [" in _text_outputs(_executed(executed_workbook, "05_evaluation.ipynb"))
     evaluation = json.loads((executed_workbook / "reports" / "evaluation.json").read_text())
     assert evaluation["run"] == registry.final_run() and evaluation["metrics"]["n_test"] == 24
+    assert evaluation["submission"]["form"] == "course" and evaluation["submission"]["rows"] == 24
+    # Every run's best checkpoint is scored on the same test tiles, beside their majority-class rate.
+    assert list(evaluation["runs"]) == registry.run_names()
+    for run, scored in evaluation["runs"].items():
+        metrics = scored["metrics"]
+        assert scored["scored_on"] == "test" and metrics["n"] == 24 and sum(metrics["class_counts"]) == 24, run
+        assert 0.5 <= metrics["majority_rate"] <= 1 and 0 <= metrics["balanced_accuracy"] <= 1, run
+    text = _text_outputs(_executed(executed_workbook, "05_evaluation.ipynb"))
+    assert all(f"{run}, best checkpoint" in text for run in registry.run_names()) and "majority-class rate" in text
 
 
 def test_report_html_has_no_code_embeds_its_figures_and_loads_nothing(executed_workbook):
@@ -65,3 +76,6 @@ def test_report_html_has_no_code_embeds_its_figures_and_loads_nothing(executed_w
     external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:[^"]+)"', html)
     assert external == [], external
     assert "47.92 %" in html, "the original's reported baseline figure is read from the registry"
+    for words in ("balanced accuracy", "majority rate", "majority-class rate", "mean of batch accuracies", "What the quick runs show",
+                  "course form", "Profile <code>quick</code>"):  # fmt: skip
+        assert words in html, words

@@ -135,7 +135,7 @@ def test_what_would_fail_inside_a_notebook_fails_before_the_first(monkeypatch, t
     with pytest.raises(ValueError, match=r"multi_page='all' is not one of refuse, first, largest"):
         pipeline.run_all(common | {"multi_page": "all"})
     with pytest.raises(ValueError, match=r"weights='none' asks for no pretrained weights, but weights_path"):
-        pipeline.run_all(common | {"weights": "none", "weights_path": "/x.pth"})
+        pipeline.run_all(common | {"weights": "none", "weights_path": "/x.pth", "runs": "resnet50-10ep"})
 
 
 def test_a_run_whose_results_are_gone_or_whose_weights_changed_runs_again(monkeypatch, tmp_path, tiny_data):

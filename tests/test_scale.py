@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import lib.data as data
+from lib import registry
 from lib.bench_scale import write_pcam_folder, write_pcam_h5
 from lib.config import run_config
 from lib.data import DECODED, PROCESS_DECODE_MIN, TileBatches, crop_for, decode_tiles, load_tile_set, make_split, read_layout
@@ -42,16 +43,17 @@ def test_tiles_keep_their_native_size_unless_a_run_asks_and_the_crop_follows_the
 
 
 def test_registry_runs_take_96_pixel_tiles_the_baseline_resizing_and_saying_so(pcam96, tmp_path):
-    baseline = fit(_small_run("baseline", pcam96, tmp_path, subset=40, batch_size=8))
+    # The full profile: the original's defaults (the quick profile sets its ResNet50 runs' tile size itself).
+    baseline = fit(_small_run("baseline", pcam96, tmp_path, subset=40, batch_size=8, profile="full"))
     assert baseline.config["tile_size"] == 256
     assert baseline.summary["data_notes"][0] == ("tile_size 256: the model takes 256x256 tiles only, so the data set's tiles (96x96) "
                                                  "are resized to it")  # fmt: skip
     assert "resized to 256x256: 40 tiles of 96x96" in baseline.summary["data_notes"]
-    resnet = fit(_small_run("resnet50-10ep", pcam96, tmp_path, subset=24, batch_size=8))
+    resnet = fit(_small_run("resnet50-10ep", pcam96, tmp_path, subset=24, batch_size=8, profile="full"))
     saved = json.loads((resnet.run_dir / "config.json").read_text())
     assert saved["tile_size"] == 96 and saved["crop_size"] == 75  # what evaluation and resume read
     with pytest.raises(ValueError, match="crop_size=200 is larger than the 96x96 tiles"):
-        fit(_small_run("resnet50-100ep", pcam96, tmp_path, subset=24, batch_size=8, crop_size=200))
+        fit(_small_run("resnet50-100ep", pcam96, tmp_path, subset=24, batch_size=8, crop_size=200, profile="full"))
     assert not (tmp_path / "runs" / "resnet50-100ep" / "history.json").exists()  # stopped before training
 
 
@@ -149,11 +151,13 @@ def test_the_pcam_h5_release_is_read_lazily_with_its_own_split(tmp_path):
 
 def test_a_small_data_set_runs_with_what_it_has_and_says_so(tmp_path):
     root = write_pcam_folder(tmp_path / "kaggle24", 24, seed=3)
-    result = fit(_small_run("baseline", root, tmp_path))  # the quick profile: subset=1024, batch_size=64
+    result = fit(_small_run("baseline", root, tmp_path))  # the quick profile's sizes, from the registry
+    quick = registry.run_parameters("baseline", "quick")
+    subset, batch = quick["subset"], quick.get("batch_size", registry.run_parameters("baseline", "full")["batch_size"])
     notes = result.summary["data_notes"]
-    assert "subset=1024 asks for more than the data set's 24 labelled tiles: all 24 are used" in notes
-    assert "the training split holds 21 tiles, fewer than batch_size=64: one batch of 21 per epoch" in notes
-    assert "the validation split holds 3 tiles, fewer than batch_size=64: one batch of 3 per epoch" in notes
+    assert f"subset={subset} asks for more than the data set's 24 labelled tiles: all 24 are used" in notes
+    assert f"the training split holds 21 tiles, fewer than batch_size={batch}: one batch of 21 per epoch" in notes
+    assert f"the validation split holds 3 tiles, fewer than batch_size={batch}: one batch of 3 per epoch" in notes
     assert result.summary["n_train"] == 21 and result.summary["n_valid"] == 3 and len(result.history) == 1
 
 

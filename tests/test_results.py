@@ -1,0 +1,82 @@
+"""The report's numbers: one table of every run, each accuracy beside its majority-class rate, a
+one-class predictor named, the submission's form said, and what the quick runs show."""
+
+import numpy as np
+
+from lib import registry, results
+from lib.evaluate import score_predictions
+from lib.run_folder import RunResult
+
+
+def _result(run: str, profile: str = "quick", pretrained: bool = False, tile: int = 96) -> RunResult:
+    model = "baseline" if run == "baseline" else "resnet50"
+    summary = {
+        "run": run, "title": run, "profile": profile, "profile_reason": f"profile {profile!r} asked for", "epochs": 3,
+        "final_valid_accuracy": 0.6, "best_valid_accuracy": 0.7, "best_epoch": 1, "elapsed_s": 61.0, "train_images_per_s": 12.5,
+        "n_train": 512, "n_valid": 130, "n_valid_scored": 128, "valid_majority_rate": 0.53125, "valid_class_counts": [68, 60],
+        "n_labelled": 4096, "data_origin": "generated (lib/synthetic.py)", "data_dir": "/d", "split": "random",
+        "environment": {"device": "cpu", "gpu": "none", "cpu": "2 cores"},
+        "weights": {"pretrained": pretrained, "source": "/w.pth" if pretrained else "not found", "notice": "", "notes": ""},
+    }  # fmt: skip
+    config = {"model": model, "tile_size": 256 if model == "baseline" else tile, "crop_size": 75, "augment": model != "baseline",
+              "subset": 640, "valid_fraction": 0.2, "batch_size": 32, "runs_dir": "/r", "run": run}  # fmt: skip
+    return RunResult(config=config, history=[], summary=summary)
+
+
+def _evaluation(final_zero: bool) -> dict:
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 90 + [1] * 10)
+    runs = {}
+    for k, run in enumerate(registry.run_names()):
+        if run == registry.final_run() and final_zero:
+            predictions, scores = np.zeros(100, dtype=np.int64), np.full(100, 0.3)
+        else:
+            scores = np.clip(labels * 0.1 * (k + 1) + rng.uniform(0, 0.6, 100), 0, 1)
+            predictions = (scores > 0.5).astype(np.int64)
+        runs[run] = {"scored_on": "test", "checkpoint": f"/r/{run}/best.pt", "best_epoch": 1,
+                     "metrics": {"n_test": 100, "scored_on": "test"} | score_predictions(labels, predictions, scores)}  # fmt: skip
+    final = runs[registry.final_run()]
+    submission = {"path": "/s.csv", "form": "course", "header": "# Id,Values", "values": "the predicted label, 0 or 1",
+                  "why": "the original's course form", "rows": 100, "left_out": 0}  # fmt: skip
+    return {"run": registry.final_run(), "n_test": 100, "scored_on": "test", "best_epoch": 1, "metrics": final["metrics"],
+            "runs": runs, "submission": submission, "first_five": "Example prediction, 5 items from front : [0, 0, 0, 0, 0]"}  # fmt: skip
+
+
+def test_the_summary_table_scores_every_run_beside_its_majority_rate_and_names_a_one_class_model():
+    runs = {run: _result(run) for run in registry.run_names()}
+    text = results.headline(runs, _evaluation(final_zero=True))
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert len(rows) == 1 + len(runs), "one header and one row per run"
+    assert "| accuracy | balanced accuracy | ROC-AUC | majority rate |" in rows[0]
+    final_row = next(r for r in rows if r.startswith(f"| {registry.final_run()} |"))
+    assert "90.00 % **predicts class 0 for every tile**" in final_row and "| 50.00 % | 0.500 | 90.00 % |" in final_row
+    assert "70.00 % (53.12 %)" in final_row, "the best validation accuracy beside its split's majority rate"
+    assert "test, 100 (90 / 10)" in final_row
+    assert "mean of batch accuracies" in text, "the history's metric is named"
+    assert "majority-class rate 90.00 %: 90 tiles of class 0, 10 of class 1" in text and "it predicts class 0 for every tile" in text
+    assert "**Submission** (100 rows" in text and "the original's course form" in text
+
+
+def test_quick_story_reads_the_measured_scores_and_names_what_needs_more():
+    runs = {run: _result(run) for run in registry.run_names()}
+    story = results.quick_story(runs, _evaluation(final_zero=False))
+    assert story.startswith("**What the quick runs show:** The final ResNet50 ")
+    assert "the longer ResNet50 runs improve on the shortest" in story and "ImageNet weights (`make weights`" in story
+    assert "need the full profile (a GPU)" in story
+    zero = results.quick_story(runs, _evaluation(final_zero=True))
+    assert "does not beat the small baseline CNN" in zero and "do not improve on the shortest" in zero
+    pretrained = {run: _result(run, pretrained=True) for run in registry.run_names()}
+    assert "ImageNet weights" not in results.quick_story(pretrained, _evaluation(final_zero=False))
+    assert results.quick_story({run: _result(run, profile="full") for run in registry.run_names()}, _evaluation(False)) == ""
+
+
+def test_deviations_state_the_quick_design_and_a_competition_submission():
+    runs = {run: _result(run) for run in registry.run_names()}
+    evaluation = _evaluation(final_zero=False)
+    text = results.deviations(runs, evaluation)
+    assert "- resnet50-10ep: 96×96 px tiles, cropped to 75 px when augmenting; 512 training / 130 validation tiles" in text
+    assert "3 epochs (the original: 10), batch 32" in text and "Submission:" not in text
+    evaluation["submission"] |= {"form": "competition", "why": "the data set's own competition form, from its sample_submission.csv"}
+    assert "- **Submission:** written in the data set's own competition form" in results.deviations(runs, evaluation)
+    table = results.scores_table(evaluation)
+    assert list(table.index) == registry.run_names() and {"accuracy", "majority rate", "balanced accuracy", "ROC-AUC"} <= set(table.columns)
