@@ -153,39 +153,44 @@ def _run_scores(evaluation: dict) -> dict[str, dict]:
     return {}
 
 
-def _held_out(scored_on: str) -> str:
-    return "test tiles" if scored_on == "test" else "its validation split"
-
-
-def _sizes(s: dict) -> str:
-    return f"{s['n_train']} / {s['n_valid']}"
+def _same_tiles(scores: dict[str, dict]) -> str | None:
+    """"the 512 test tiles (265 of class 0, 247 of class 1)" when every run was scored on the same
+    test tiles; None when they differ (each run's own validation split)."""
+    scored = [s for s in scores.values() if s.get("metrics")]
+    if not scored or any(s["scored_on"] != "test" for s in scored):
+        return None
+    counts = {tuple(s["metrics"]["class_counts"]) for s in scored}
+    if len(counts) != 1:
+        return None
+    n0, n1 = counts.pop()
+    return f"the {n0 + n1} test tiles ({n0} of class 0, {n1} of class 1)"
 
 
 def runs_table(results: dict[str, RunResult], evaluation: dict) -> str:
-    """The report's one table of every run, as Markdown: what it trained on, its validation
-    accuracy (the original's metric) beside that split's majority rate, and its best checkpoint's
-    accuracy, balanced accuracy and ROC-AUC on the held-out tiles beside their majority-class rate."""
+    """The report's one table of every run, as Markdown: its validation accuracy (the original's
+    metric) beside that split's majority rate, and its best checkpoint's accuracy, balanced accuracy
+    and ROC-AUC on the held-out tiles beside their majority-class rate, time and speed."""
     scores = _run_scores(evaluation)
-    lines = ["| run | tile px | tiles train / valid | epochs | best valid acc (majority rate) | held-out tiles | accuracy | "
-             "balanced accuracy | ROC-AUC | majority rate | time | images/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    same = _same_tiles(scores)
+    where = f"on {same}" if same else "on the tiles named in each row"
+    lines = [f"Every run's best checkpoint scored {where}:", "",
+             "| run | epochs | best valid acc (majority rate) | accuracy | balanced accuracy | ROC-AUC | majority rate | time | images/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for run, result in results.items():
         s, m = result.summary, (scores.get(run) or {}).get("metrics")
         valid = _percent(s["best_valid_accuracy"]) + (f" ({_percent(s['valid_majority_rate'])})" if s.get("valid_majority_rate") is not None else "")
         if m:
-            where = "test" if scores[run]["scored_on"] == "test" else "validation split"
-            held = f"{where}, {m['n']} ({m['class_counts'][0]} / {m['class_counts'][1]})"
             accuracy = _percent(m["accuracy"]) + (f" **{m['one_class']}**" if m["one_class"] else "")
-            cells = [held, accuracy, _percent(m["balanced_accuracy"]), _auc(m["roc_auc"]), _percent(m["majority_rate"])]
+            if not same:
+                where = "test" if scores[run]["scored_on"] == "test" else "validation split"
+                accuracy += f" ({where}, {m['n']} tiles: {m['class_counts'][0]} / {m['class_counts'][1]})"
+            cells = [accuracy, _percent(m["balanced_accuracy"]), _auc(m["roc_auc"]), _percent(m["majority_rate"])]
         else:
-            cells = ["not scored (no labels)", "", "", "", ""]
-        lines.append(f"| {run} | {result.config['tile_size']} | {_sizes(s)} | {s['epochs']} | {valid} | " + " | ".join(cells)
-                     + f" | {_duration(s['elapsed_s'])} | {s['train_images_per_s']:.1f} |")  # fmt: skip
-    lines.append("")
-    lines.append("*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation "
-                 "split (the history keeps it so); *held-out tiles* are the tiles each best checkpoint was scored on, with their "
-                 "class counts (class 0 / class 1); *majority rate* is the accuracy of predicting the more frequent class for every "
-                 "one of those tiles; *balanced accuracy* is the mean of the two classes' recalls (0.5 for any one-class predictor).")  # fmt: skip
+            cells = ["not scored (no labels)", "", "", ""]
+        lines.append(f"| {run} | {s['epochs']} | {valid} | " + " | ".join(cells) + f" | {_duration(s['elapsed_s'])} | {s['train_images_per_s']:.1f} |")
+    lines += ["", "*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation split "
+                  "(the history keeps it so). *Majority rate*: the accuracy of predicting the more frequent class for every one of the "
+                  "same tiles. *Balanced accuracy*: the mean of the two classes' recalls (0.5 for any one-class predictor)."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -209,7 +214,14 @@ def scores_table(evaluation: dict) -> pd.DataFrame:
             "predicted (0 / 1)": f"{m['predicted_counts'][0]} / {m['predicted_counts'][1]}",
             "note": m["one_class"],
         })  # fmt: skip
-    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    table = pd.DataFrame(rows).set_index("run")
+    if _same_tiles(_run_scores(evaluation)):  # said once, above the table
+        table = table.drop(columns=["scored on", "tiles (class 0 / 1)"])
+    if not table["note"].any():
+        table = table.drop(columns=["note"])
+    return table
 
 
 def submission_note(evaluation: dict) -> str:
@@ -351,3 +363,10 @@ def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
         for run, r in results.items() if r.config["model"] == "resnet50"
     )  # fmt: skip
     return pd.DataFrame({"value": record})
+
+
+def held_out_clause(evaluation: dict) -> str:
+    """", on the 512 test tiles (265 of class 0, 247 of class 1)" when every run was scored on the
+    same test tiles, else "" (the scores table then names each run's tiles)."""
+    same = _same_tiles(_run_scores(evaluation))
+    return f", on {same}" if same else ""

@@ -51,10 +51,11 @@ def test_the_summary_table_scores_every_run_beside_its_majority_rate_and_names_a
     final_row = next(r for r in rows if r.startswith(f"| {registry.final_run()} |"))
     assert "90.00 % **predicts class 0 for every tile**" in final_row and "| 50.00 % | 0.500 | 90.00 % |" in final_row
     assert "70.00 % (53.12 %)" in final_row, "the best validation accuracy beside its split's majority rate"
-    assert "test, 100 (90 / 10)" in final_row
+    assert "scored on the 100 test tiles (90 of class 0, 10 of class 1):" in text
     assert "mean of batch accuracies" in text, "the history's metric is named"
     assert "majority-class rate 90.00 %: 90 tiles of class 0, 10 of class 1" in text and "it predicts class 0 for every tile" in text
     assert "**Submission** (100 rows" in text and "the original's course form" in text
+    assert results.scores_table(_evaluation(final_zero=True)).loc[registry.final_run(), "note"] == "predicts class 0 for every tile"
 
 
 def test_quick_story_reads_the_measured_scores_and_names_what_needs_more():
@@ -80,3 +81,5 @@ def test_deviations_state_the_quick_design_and_a_competition_submission():
     assert "- **Submission:** written in the data set's own competition form" in results.deviations(runs, evaluation)
     table = results.scores_table(evaluation)
     assert list(table.index) == registry.run_names() and {"accuracy", "majority rate", "balanced accuracy", "ROC-AUC"} <= set(table.columns)
+    assert "scored on" not in table.columns and "note" not in table.columns, "said once above the table; no one-class model"
+    assert results.held_out_clause(evaluation) == ", on the 100 test tiles (90 of class 0, 10 of class 1)"
