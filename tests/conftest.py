@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Decoded-tile caches of the tests' throwaway data sets go to a temporary folder, not data/cache;
 # set before lib is imported, and inherited by the notebooks' kernels.
 os.environ["HISTO_TILE_CACHE"] = tempfile.mkdtemp(prefix="histo-tile-cache-")
+atexit.register(shutil.rmtree, os.environ["HISTO_TILE_CACHE"], ignore_errors=True)  # decoded throwaway tiles, gone with the session
 sys.path.insert(0, str(PROJECT_ROOT))  # so that `import lib` works however pytest is started
 
 from lib import pipeline  # noqa: E402
