@@ -90,7 +90,7 @@ optimizer = torch.optim.Adam(model.parameters())
 for placement in ("GPU", "host"):
     batches = TileBatches(tiles, labels, 100, True, 0, device, 200, "sync check")
     if placement == "host":
-        batches.tiles = tiles  # the streamed path, as for a set too large for the GPU
+        batches.tiles, batches.rows = tiles, batches.rows.cpu()  # the streamed path, as for a set too large for the GPU
     train_one_epoch(step_model, batches, optimizer, device, settings=settings)  # warm-up: cuDNN's choices
     torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings(record=True) as caught:
