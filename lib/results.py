@@ -8,7 +8,6 @@ majority-class rate of the same tiles (what predicting one class for every tile 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 

@@ -67,7 +67,7 @@ class LoadedWeights:
 
 
 def _read(path: Path, in_cache: bool) -> object:
-    mend = (f"delete it and fetch it again with `make weights`" if in_cache
+    mend = ("delete it and fetch it again with `make weights`" if in_cache
             else "save it again, or copy it again if it came from elsewhere")  # fmt: skip
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -34,7 +34,7 @@ def test_a_folder_level_names_the_group_and_the_split_keeps_each_patient_on_one_
     patients = {path.parent.parent.name for path in index.train_paths}
     assert len(patients) == 8 and set(index.train_groups) == patients
     assert all(group == path.parent.parent.name for group, path in zip(index.train_groups, index.train_paths))
-    assert f"8 groups, each by its folder's name" in index.label_rule and "WARNING" not in capsys.readouterr().out
+    assert "8 groups, each by its folder's name" in index.label_rule and "WARNING" not in capsys.readouterr().out
     tile_set = load_tile_set(index, size=16, cache_dir=None)
     split = make_split(tile_set, "auto", 0.25, seed=0)
     assert split.description.startswith("grouped (leak-free)")

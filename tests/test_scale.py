@@ -14,7 +14,7 @@ import lib.data as data
 from lib import registry
 from lib.bench_scale import write_pcam_folder, write_pcam_h5
 from lib.config import run_config
-from lib.data import DECODED, PROCESS_DECODE_MIN, TileBatches, crop_for, decode_tiles, load_tile_set, make_split, read_layout
+from lib.data import PROCESS_DECODE_MIN, TileBatches, crop_for, decode_tiles, load_tile_set, make_split, read_layout
 from lib.evaluate import predict_test_tiles
 from lib.train import fit
 
