@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Issue #4's GPU check in one device call: the full-profile `make run-all` (papermill and evaluation
-# included; the 8-minute target, so first), then `make bench` on CUDA, then a count of the training
-# loop's host-GPU synchronisations; each timed, its log and figures written to $OUT as it ends (so a
+# The GPU check in one device call: a count of the training loop's host-GPU synchronisations, then
+# `make bench` on CUDA, then the full-profile `make run-all` (papermill and the evaluation of every
+# run included). The two short checks go first, each with its own time limit, so that a long run-all
+# cannot leave the call without them; run-all gets the rest of GPU_CHECK_BUDGET_S and is stopped in
+# time for its figures to be collected. Each part writes its log and figures to $OUT as it ends (so a
 # call cut short still returns what finished). See ../shared/device/README.md.
 #
 #   here, once:          ../shared/device/wheels.sh            # papermill, nbconvert, ipykernel -> .whl/
-#   on the device:       bash scripts/gpu_check.sh             # the device tool's run, carry [".whl"]
+#   on the device:       bash scripts/gpu_check.sh             # the device tool's run, carry [".whl"], timeout_s 600
 #   rehearse on a CPU:   OUT=/tmp/gpu-check PYTHON=.venv/bin/python GPU_CHECK_REHEARSAL=1 bash scripts/gpu_check.sh
 #
 # The device machine has no venv: its python3 has torch; the wheels add what the notebooks need,
@@ -14,6 +16,7 @@
 set -euo pipefail
 OUT=${OUT:?"set OUT to a folder for the results (the device tool sets it)"}
 PY=${PYTHON:-python3}
+BUDGET_S=${GPU_CHECK_BUDGET_S:-570}  # the whole script, in seconds: below the device call's 600
 mkdir -p "$OUT"
 if [[ -n ${GPU_CHECK_REHEARSAL:-} ]]; then
   run_args=(profile=quick device=cpu)
@@ -31,7 +34,7 @@ export PYTHONPATH="$site:$PWD" JUPYTER_PATH="$site/share/jupyter"
 "$PY" -m ipykernel install --prefix "$site" --name histo-workbook >/dev/null
 
 # Progress bars are redrawn with carriage returns; the logs keep one line per finished bar.
-plain() { tr '\r' '\n' | grep -v -E '(it/s|s/it|batch/s|tile/s)\]?$' || true; }
+plain() { tr '\r' '\n' | sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -v -E '(it/s|s/it|batch/s|tile/s|epoch/s)\]?$|^[[:space:]]*$' || true; }
 
 {
   "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
@@ -45,34 +48,13 @@ start=$SECONDS
 echo "data generated in $((SECONDS - start)) s" >> "$OUT/data.log"
 
 start=$SECONDS
-status=0
-"$PY" -m lib.pipeline run-all "${run_args[@]}" 2>&1 | plain > "$OUT/run_all.log" || status=$?
-echo "run-all exited $status after $((SECONDS - start)) s (data already generated)" >> "$OUT/run_all.log"
-
-"$PY" - "$OUT/summary.json" <<'PYTHON'
-"""The figures the closing note needs, from each run's result.json and the evaluation."""
-import json, sys
-from pathlib import Path
-
-summary = {}
-for result in sorted(Path("runs").glob("*/result.json")):
-    r = json.loads(result.read_text())
-    summary[r["run"]] = {k: r.get(k) for k in ("epochs", "n_train", "n_valid", "elapsed_s", "train_images_per_s", "final_valid_accuracy",
-                                                "best_valid_accuracy", "best_epoch", "speed_settings", "input_path", "profile")}
-evaluation = Path("reports/evaluation.json")
-if evaluation.is_file():
-    summary["evaluation"] = json.loads(evaluation.read_text()).get("metrics")
-Path(sys.argv[1]).write_text(json.dumps(summary, indent=2))
-PYTHON
-
-start=$SECONDS
-"$PY" -m lib.bench "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log" || true
+timeout 150 "$PY" -m lib.bench "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log" || true
 echo "bench finished in $((SECONDS - start)) s" >> "$OUT/bench.log"
 
 # How often the training loop makes the host wait for the GPU (torch's sync debug mode): about once
 # per batch, for the finiteness check two batches behind, is expected; more means a copy or a read
 # that drains the GPU's queue.
-"$PY" - > "$OUT/syncs.log" 2>&1 <<'PYTHON' || true
+timeout 60 "$PY" - > "$OUT/syncs.log" 2>&1 <<'PYTHON' || true
 import sys, warnings
 import torch
 from lib.data import TileBatches
@@ -101,6 +83,34 @@ for placement in ("GPU", "host"):
           f"{rate['images'] / rate['seconds']:.0f} images/s")
     for message in sorted({str(w.message).splitlines()[0][:120] for w in caught}):
         print("   ", message)
+PYTHON
+
+start=$SECONDS
+status=0
+limit=$((BUDGET_S - SECONDS - 15))  # 15 s left for the summary
+echo "run-all: $limit s left of the check's $BUDGET_S" > "$OUT/run_all.log"
+timeout -k 10 "$limit" "$PY" -m lib.pipeline run-all "${run_args[@]}" 2>&1 | plain >> "$OUT/run_all.log" || status=$?
+if [[ $status == 124 ]]; then
+  echo "run-all STOPPED at the check's time limit after $((SECONDS - start)) s; summary.json holds the runs that finished" >> "$OUT/run_all.log"
+else
+  echo "run-all exited $status after $((SECONDS - start)) s (data already generated)" >> "$OUT/run_all.log"
+fi
+
+"$PY" - "$OUT/summary.json" <<'PYTHON'
+"""The figures the closing note needs, from each run's result.json and the evaluation."""
+import json, sys
+from pathlib import Path
+
+summary = {}
+for result in sorted(Path("runs").glob("*/result.json")):
+    r = json.loads(result.read_text())
+    summary[r["run"]] = {k: r.get(k) for k in ("epochs", "n_train", "n_valid", "elapsed_s", "train_images_per_s", "final_valid_accuracy",
+                                                "best_valid_accuracy", "best_epoch", "speed_settings", "input_path", "profile")}
+evaluation = Path("reports/evaluation.json")
+if evaluation.is_file():
+    scores = json.loads(evaluation.read_text())
+    summary["evaluation"] = {"final_run": scores.get("metrics"), "every_run": scores.get("runs")}
+Path(sys.argv[1]).write_text(json.dumps(summary, indent=2))
 PYTHON
 
 tail -n 1 "$OUT/run_all.log"
