@@ -907,7 +907,7 @@ class TileBatches:
         picked = self.rows[order_on_device if self.rows.device == order_on_device.device else order]
         for batch in range(n):
             tiles = self.tiles[picked[batch]]
-            if tiles.device != self.device:
+            if streamed(tiles.device, self.device):
                 # Streamed from host memory: the gathered batch is pinned so its copy runs beside
                 # the GPU's work instead of waiting for it.
                 tiles = tiles.pin_memory().to(self.device, non_blocking=True)
@@ -916,6 +916,13 @@ class TileBatches:
             else:
                 images = tiles.float().div_(255)
             yield images, self.labels[order_on_device[batch]]
+
+
+def streamed(tiles_device: torch.device, device: torch.device) -> bool:
+    """Whether batches gathered on `tiles_device` must be copied to `device` (host tiles, GPU training).
+    Compared by type, not with `!=`: torch.device("cuda") and a tensor's torch.device("cuda:0") are
+    unequal, and that once sent tiles already on the GPU to pin_memory(), which refuses them."""
+    return tiles_device.type == "cpu" and device.type != "cpu"
 
 
 def _place(tiles: torch.Tensor, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:

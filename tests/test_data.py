@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lib.config import run_config
-from lib.data import (BadImagesError, FileTileDataset, TileBatches, decode_tiles, grouped_split, load_tile_set, make_loader, make_split,
+from lib.data import (BadImagesError, streamed, FileTileDataset, TileBatches, decode_tiles, grouped_split, load_tile_set, make_loader, make_split,
                       read_layout, seeded_split)  # fmt: skip
 from lib.train import fit
 from tests.helpers import class_folders, write_tile
@@ -162,3 +162,12 @@ def test_run_record_names_layout_split_and_resizing(tmp_path):
     assert summary["data_notes"] == ["tile_size 256: the model takes 256x256 tiles only, so the data set's tiles (32x32) are resized to it",
                                      "resized to 256x256: 40 tiles of 32x32"]  # fmt: skip
     assert result.config["tile_size"] == 256
+
+
+def test_batches_are_streamed_only_from_host_to_an_accelerator():
+    # A tensor on the GPU reports cuda:0 while the run asked for "cuda"; comparing the two with `!=`
+    # sent GPU-resident tiles to pin_memory() (found on the H200, 2026-11-30). torch.device needs no GPU.
+    assert not streamed(torch.device("cuda:0"), torch.device("cuda"))
+    assert not streamed(torch.device("cuda", 0), torch.device("cuda:0"))
+    assert streamed(torch.device("cpu"), torch.device("cuda"))
+    assert not streamed(torch.device("cpu"), torch.device("cpu"))
