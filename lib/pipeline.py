@@ -311,6 +311,22 @@ def preflight(configs) -> dict[str, list | None]:
     return identities
 
 
+def resume_hint(config) -> str:
+    """What to do after a run notebook failed or was stopped: when its folder holds a last.pt of an
+    unfinished run, the command that continues it; else ""."""
+    from lib.run_folder import RunFolder
+
+    folder = RunFolder(config.run_dir)
+    if config.resume or not folder.checkpoint_file("last").is_file() or folder.has_result():
+        return ""
+    try:
+        epoch = int(folder.load_checkpoint("last")["epoch"])
+    except Exception:  # a damaged last.pt: no hint here; resuming it names the problem
+        return ""
+    return (f"\n{folder.checkpoint_file('last')} holds {config.run}'s completed epoch {epoch} of {config.epochs}: "
+            f"`make run-all RESUME=true` (with the same parameters) continues it and skips the finished runs")
+
+
 def run_all(settings: dict | None = None) -> None:
     """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
     by field name, as text or typed, and pipeline options). Every run's config is built and checked
@@ -336,10 +352,15 @@ def run_all(settings: dict | None = None) -> None:
     for run, config in configs.items():
         notebook = registry.run_entry(run)["notebook"]
         # A network without pretrained weights does not rerun for a weights file given to the others.
-        ignored = {"profile_reason"} | ({"head", "weights", "weights_path", "weights_strict"} if config.model != "resnet50" else set())
+        # `resume` says how to reach a run's result, not what it is: `make run-all RESUME=true` after an
+        # interruption skips the finished runs and continues the interrupted one.
+        ignored = {"profile_reason", "resume"} | ({"head", "weights", "weights_path", "weights_strict"} if config.model != "resnet50" else set())
         resolved = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored} | {"weights file": weights.get(run)}
         stamp = fingerprint(notebook, resolved, data)
-        _run_if_changed(notebook, executed_dir, parameters, stamp, outputs=[RunFolder(config.run_dir).result_file])
+        try:
+            _run_if_changed(notebook, executed_dir, parameters, stamp, outputs=[RunFolder(config.run_dir).result_file])
+        except NotebookFailed as error:
+            raise NotebookFailed(f"{error}{resume_hint(config)}") from None
         stamps.append(stamp)
     if runs != registry.run_names():
         print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)

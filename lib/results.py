@@ -295,6 +295,13 @@ def headline(results: dict[str, RunResult], evaluation: dict) -> str:
     return "\n".join(lines)
 
 
+def _lr_change(run: str, config: dict) -> str:
+    """", learning rate X (the full profile's: Y)" when the run trained at another rate than its full
+    profile's (a quick design's or the user's), else ""."""
+    full = registry.run_parameters(run, "full").get("lr", config["lr"])
+    return f", learning rate {config['lr']:g} (the full profile's: {full:g})" if config["lr"] != full else ""
+
+
 def quick_design(results: dict[str, RunResult]) -> str:
     """The sizes each run actually used, in a sentence per run (Markdown list items)."""
     items = []
@@ -303,7 +310,8 @@ def quick_design(results: dict[str, RunResult]) -> str:
         crop = f", cropped to {c['crop_size']} px when augmenting" if c["augment"] else ""
         items.append(f"  - {run}: {c['tile_size']}×{c['tile_size']} px tiles{crop}; {s['n_train']} training / {s['n_valid']} validation "
                      f"tiles ({'a subset of ' + str(c['subset']) if c['subset'] else 'all'}, valid_fraction {c['valid_fraction']:g}); "
-                     f"{s['epochs']} epochs (the original: {registry.run_parameters(run, 'full')['epochs']}), batch {c['batch_size']}")  # fmt: skip
+                     f"{s['epochs']} epochs (the original: {registry.run_parameters(run, 'full')['epochs']}), batch {c['batch_size']}"
+                     + _lr_change(run, c))  # fmt: skip
     return "\n".join(items)
 
 
@@ -334,7 +342,10 @@ def deviations(results: dict[str, RunResult], evaluation: dict | None = None) ->
         items.append(f"- **Profile `{final['profile']}`:** so that everything runs on a CPU in minutes, the runs are scaled down "
                      "(the registry's quick values); the ResNet50 runs keep the original's relation (the shortest; longer with "
                      "ReduceLROnPlateau; the longest). Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
-    items.append("- **Baseline optimizer:** the original does not state it; the workbook uses Adam (lr 1e-3) as in the later runs.")
+    baseline = next((r for r in results.values() if r.config["model"] == "baseline"), None)
+    if baseline:
+        items.append(f"- **Baseline optimizer:** the original does not state it; the workbook uses Adam (lr {baseline.config['lr']:g}), "
+                     "the later runs' optimizer" + _lr_change(baseline.config["run"], baseline.config) + ".")  # fmt: skip
     items.append("- **Predictions:** with the kept 1000-way head, accuracy and predictions take the arg-max over the two "
                  "label outputs; the original took it over all 1000, which can name a class that is neither 0 nor 1.")  # fmt: skip
     items.append("- **Scores:** the history keeps the original's validation metric (the mean of batch accuracies, over full "

@@ -247,7 +247,8 @@ def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
                          "resume with the same ones, or start afresh with resume=False")  # fmt: skip
     state = folder.load_checkpoint("last")
     if state["epoch"] + 1 >= config.epochs:
-        raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs; nothing to resume")
+        raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs; nothing to resume. Its results are "
+                         f"in {folder.path}; to train it again, set resume=False (RESUME=false)")  # fmt: skip
     return state
 
 

@@ -166,3 +166,45 @@ def test_a_run_whose_results_are_gone_or_whose_weights_changed_runs_again(monkey
     os.utime(weights, ns=(0, 0))  # the same path, another file
     pipeline.run_all(settings | {"weights_path": str(weights)})
     assert ran[3:] == ["02_resnet50_10_epochs.ipynb"] * 2, "a new or changed weights file reruns the ResNet50 run, only it"
+
+
+def test_an_interrupted_run_names_resume_and_resume_skips_the_finished_runs(monkeypatch, tmp_path, tiny_data):
+    ran, interrupt = [], {"02_resnet50_10_epochs.ipynb"}
+
+    def fake_execute(notebook, executed_dir, parameters):
+        ran.append((notebook, parameters.get("resume")))
+        run = next(r for r in registry.run_names() if registry.run_entry(r)["notebook"] == notebook)
+        folder = tmp_path / "runs" / run
+        folder.mkdir(parents=True, exist_ok=True)
+        (executed_dir / notebook).parent.mkdir(parents=True, exist_ok=True)
+        (executed_dir / notebook).write_text("{}")
+        if notebook in interrupt:  # killed after its second epoch was saved
+            torch.save({"epoch": 1}, folder / "last.pt")
+            raise pipeline.NotebookFailed(f"notebooks/{notebook} could not be executed: RuntimeError: Kernel died")
+        (folder / "result.json").write_text("{}")
+
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"),
+                "runs": "baseline,resnet50-10ep", "weights": "none", "epochs": "3"}  # fmt: skip
+    with pytest.raises(pipeline.NotebookFailed, match=r"completed epoch 1 of 3: `make run-all RESUME=true`") as failed:
+        pipeline.run_all(settings)
+    assert "Kernel died" in str(failed.value)
+    interrupt.clear()
+    pipeline.run_all(settings | {"resume": "true"})
+    assert ran == [("01_baseline_cnn.ipynb", None), ("02_resnet50_10_epochs.ipynb", None), ("02_resnet50_10_epochs.ipynb", True)], (
+        "the finished baseline is skipped; only the interrupted run continues")
+    pipeline.run_all(settings)
+    assert len(ran) == 3, "resume=true or not, finished runs with the same parameters are not run again"
+
+
+def test_no_resume_hint_for_a_finished_run_or_one_without_a_saved_epoch(tmp_path):
+    from lib.config import run_config
+
+    config = run_config("baseline", profile="quick", runs_dir=str(tmp_path))
+    assert pipeline.resume_hint(config) == "", "no last.pt"
+    config.run_dir.mkdir(parents=True)
+    torch.save({"epoch": 2}, config.run_dir / "last.pt")
+    assert "completed epoch 2 of" in pipeline.resume_hint(config)
+    (config.run_dir / "result.json").write_text("{}")
+    assert pipeline.resume_hint(config) == "", "a finished run"

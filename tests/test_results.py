@@ -19,7 +19,7 @@ def _result(run: str, profile: str = "quick", pretrained: bool = False, tile: in
         "weights": {"pretrained": pretrained, "source": "/w.pth" if pretrained else "not found", "notice": "", "notes": ""},
     }  # fmt: skip
     config = {"model": model, "tile_size": 256 if model == "baseline" else tile, "crop_size": 75, "augment": model != "baseline",
-              "subset": 640, "valid_fraction": 0.2, "batch_size": 32, "runs_dir": "/r", "run": run}  # fmt: skip
+              "subset": 640, "valid_fraction": 0.2, "batch_size": 32, "runs_dir": "/r", "run": run, "lr": 1e-3}  # fmt: skip
     return RunResult(config=config, history=[], summary=summary)
 
 
@@ -77,6 +77,10 @@ def test_deviations_state_the_quick_design_and_a_competition_submission():
     text = results.deviations(runs, evaluation)
     assert "- resnet50-10ep: 96×96 px tiles, cropped to 75 px when augmenting; 512 training / 130 validation tiles" in text
     assert "3 epochs (the original: 10), batch 32" in text and "Submission:" not in text
+    assert "learning rate" not in text and "Adam (lr 0.001)" in text, "the full profile's rate: nothing to say"
+    runs["baseline"].config["lr"] = 3e-4
+    text = results.deviations(runs, evaluation)
+    assert "batch 32, learning rate 0.0003 (the full profile's: 0.001)" in text and "Adam (lr 0.0003)" in text, "read from the run"
     evaluation["submission"] |= {"form": "competition", "why": "the data set's own competition form, from its sample_submission.csv"}
     assert "- **Submission:** written in the data set's own competition form" in results.deviations(runs, evaluation)
     table = results.scores_table(evaluation)
