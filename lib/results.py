@@ -17,6 +17,9 @@ from lib.paths import resolve
 from lib.run_folder import RunFolder, RunResult
 
 
+NBSP = "\u00a0"  # a space a table cell does not break at ("3 min 30 s" on one line)
+
+
 def _percent(value) -> str:
     return f"{100 * value:.2f} %" if registry.is_reported(value) and value is not None else "not reported"
 
@@ -186,7 +189,7 @@ def runs_table(results: dict[str, RunResult], evaluation: dict) -> str:
             cells = [accuracy, _percent(m["balanced_accuracy"]), _auc(m["roc_auc"]), _percent(m["majority_rate"])]
         else:
             cells = ["not scored (no labels)", "", "", ""]
-        lines.append(f"| {run} | {s['epochs']} | {valid} | " + " | ".join(cells) + f" | {_duration(s['elapsed_s'])} | {s['train_images_per_s']:.1f} |")
+        lines.append(f"| {run} | {s['epochs']} | {valid} | " + " | ".join(cells) + f" | {_duration(s['elapsed_s']).replace(' ', NBSP)} | {s['train_images_per_s']:.1f} |")
     lines += ["", "*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation split "
                   "(the history keeps it so). *Majority rate*: the accuracy of predicting the more frequent class for every one of the "
                   "same tiles. *Balanced accuracy*: the mean of the two classes' recalls (0.5 for any one-class predictor)."]  # fmt: skip
@@ -344,8 +347,9 @@ def deviations(results: dict[str, RunResult], evaluation: dict | None = None) ->
                      "ReduceLROnPlateau; the longest). Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
     baseline = next((r for r in results.values() if r.config["model"] == "baseline"), None)
     if baseline:
-        items.append(f"- **Baseline optimizer:** the original does not state it; the workbook uses Adam (lr {baseline.config['lr']:g}), "
-                     "the later runs' optimizer" + _lr_change(baseline.config["run"], baseline.config) + ".")  # fmt: skip
+        full = registry.run_parameters(baseline.config["run"], "full").get("lr", baseline.config["lr"])
+        rate = f"lr {baseline.config['lr']:g}" + (f", where the full profile's is {full:g}" if baseline.config["lr"] != full else "")
+        items.append(f"- **Baseline optimizer:** the original does not state it; the workbook uses Adam, the later runs' optimizer ({rate}).")
     items.append("- **Predictions:** with the kept 1000-way head, accuracy and predictions take the arg-max over the two "
                  "label outputs; the original took it over all 1000, which can name a class that is neither 0 nor 1.")  # fmt: skip
     items.append("- **Scores:** the history keeps the original's validation metric (the mean of batch accuracies, over full "

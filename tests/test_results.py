@@ -77,10 +77,11 @@ def test_deviations_state_the_quick_design_and_a_competition_submission():
     text = results.deviations(runs, evaluation)
     assert "- resnet50-10ep: 96×96 px tiles, cropped to 75 px when augmenting; 512 training / 130 validation tiles" in text
     assert "3 epochs (the original: 10), batch 32" in text and "Submission:" not in text
-    assert "learning rate" not in text and "Adam (lr 0.001)" in text, "the full profile's rate: nothing to say"
+    assert "learning rate" not in text and "optimizer (lr 0.001)." in text, "the full profile's rate: nothing to say"
     runs["baseline"].config["lr"] = 3e-4
     text = results.deviations(runs, evaluation)
-    assert "batch 32, learning rate 0.0003 (the full profile's: 0.001)" in text and "Adam (lr 0.0003)" in text, "read from the run"
+    assert "batch 32, learning rate 0.0003 (the full profile's: 0.001)" in text, "read from the run"
+    assert "optimizer (lr 0.0003, where the full profile's is 0.001)." in text
     evaluation["submission"] |= {"form": "competition", "why": "the data set's own competition form, from its sample_submission.csv"}
     assert "- **Submission:** written in the data set's own competition form" in results.deviations(runs, evaluation)
     table = results.scores_table(evaluation)
