@@ -298,10 +298,15 @@ def headline(results: dict[str, RunResult], evaluation: dict) -> str:
     return "\n".join(lines)
 
 
-def _lr_change(run: str, config: dict) -> str:
+def _full_profile_lr(config: dict) -> float:
+    """The learning rate the run's full profile declares (the registry's), to set beside the one it used."""
+    return registry.run_parameters(config["run"], "full").get("lr", config["lr"])
+
+
+def _lr_change(config: dict) -> str:
     """", learning rate X (the full profile's: Y)" when the run trained at another rate than its full
     profile's (a quick design's or the user's), else ""."""
-    full = registry.run_parameters(run, "full").get("lr", config["lr"])
+    full = _full_profile_lr(config)
     return f", learning rate {config['lr']:g} (the full profile's: {full:g})" if config["lr"] != full else ""
 
 
@@ -314,7 +319,7 @@ def quick_design(results: dict[str, RunResult]) -> str:
         items.append(f"  - {run}: {c['tile_size']}×{c['tile_size']} px tiles{crop}; {s['n_train']} training / {s['n_valid']} validation "
                      f"tiles ({'a subset of ' + str(c['subset']) if c['subset'] else 'all'}, valid_fraction {c['valid_fraction']:g}); "
                      f"{s['epochs']} epochs (the original: {registry.run_parameters(run, 'full')['epochs']}), batch {c['batch_size']}"
-                     + _lr_change(run, c))  # fmt: skip
+                     + _lr_change(c))  # fmt: skip
     return "\n".join(items)
 
 
@@ -347,7 +352,7 @@ def deviations(results: dict[str, RunResult], evaluation: dict | None = None) ->
                      "ReduceLROnPlateau; the longest). Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
     baseline = next((r for r in results.values() if r.config["model"] == "baseline"), None)
     if baseline:
-        full = registry.run_parameters(baseline.config["run"], "full").get("lr", baseline.config["lr"])
+        full = _full_profile_lr(baseline.config)
         rate = f"lr {baseline.config['lr']:g}" + (f", where the full profile's is {full:g}" if baseline.config["lr"] != full else "")
         items.append(f"- **Baseline optimizer:** the original does not state it; the workbook uses Adam, the later runs' optimizer ({rate}).")
     items.append("- **Predictions:** with the kept 1000-way head, accuracy and predictions take the arg-max over the two "
