@@ -311,20 +311,22 @@ def preflight(configs) -> dict[str, list | None]:
     return identities
 
 
-def resume_hint(config) -> str:
+def resume_hint(config, settings: dict | None = None) -> str:
     """What to do after a run notebook failed or was stopped: when its folder holds a last.pt of an
-    unfinished run, the command that continues it; else ""."""
+    unfinished run, the make command that continues it, with the parameters this one was given
+    (`settings`, by field or option name), else ""."""
     from lib.run_folder import RunFolder
 
     folder = RunFolder(config.run_dir)
     if config.resume or not folder.checkpoint_file("last").is_file() or folder.has_result():
         return ""
     try:
-        epoch = int(folder.load_checkpoint("last")["epoch"])
+        done = int(folder.load_checkpoint("last")["epoch"]) + 1  # epochs count from 0 in the log lines
     except Exception:  # a damaged last.pt: no hint here; resuming it names the problem
         return ""
-    return (f"\n{folder.checkpoint_file('last')} holds {config.run}'s completed epoch {epoch} of {config.epochs}: "
-            f"`make run-all RESUME=true` (with the same parameters) continues it and skips the finished runs")
+    given = " ".join(f"{name.upper()}={shlex.quote(str(value))}" for name, value in (settings or {}).items() if name != "resume")
+    return (f"\n{folder.checkpoint_file('last')} holds {done} completed epoch(s) of {config.run}'s {config.epochs}. To continue it "
+            f"(the finished runs are skipped): make run-all RESUME=true{' ' + given if given else ''}")
 
 
 def run_all(settings: dict | None = None) -> None:
@@ -360,7 +362,9 @@ def run_all(settings: dict | None = None) -> None:
         try:
             _run_if_changed(notebook, executed_dir, parameters, stamp, outputs=[RunFolder(config.run_dir).result_file])
         except NotebookFailed as error:
-            raise NotebookFailed(f"{error}{resume_hint(config)}") from None
+            raise NotebookFailed(f"{error}{resume_hint(config, settings)}") from None
+        except KeyboardInterrupt:  # Ctrl-C: the kernel stops with the pipeline; what it saved stays
+            raise NotebookFailed(f"notebooks/{notebook} was interrupted{resume_hint(config, settings)}") from None
         stamps.append(stamp)
     if runs != registry.run_names():
         print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)

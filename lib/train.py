@@ -247,9 +247,23 @@ def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
                          "resume with the same ones, or start afresh with resume=False")  # fmt: skip
     state = folder.load_checkpoint("last")
     if state["epoch"] + 1 >= config.epochs:
-        raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs; nothing to resume. Its results are "
-                         f"in {folder.path}; to train it again, set resume=False (RESUME=false)")  # fmt: skip
+        raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs, but its result.json is gone from "
+                         f"{folder.path} (its checkpoints and history are there); to train it again, set resume=False (RESUME=false)")  # fmt: skip
     return state
+
+
+def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
+    """The run's saved result when it finished all its epochs with these parameters (those that
+    may differ on resume aside): resuming it has nothing to do, so `make run-all RESUME=true` can
+    re-execute a finished run's notebook without training it again. None otherwise."""
+    if not folder.has_result() or not folder.config_file.is_file():
+        return None
+    saved, current = folder.read_config(), dataclasses.asdict(config)
+    from_data = {k for k in ("tile_size", "crop_size") if current[k] == 0}  # 0: resolved from the data, as config.json saved it
+    if any(saved.get(k) != current[k] for k in current if k not in _RESUME_MAY_DIFFER | from_data):
+        return None  # other parameters: _resume_state names them
+    result = folder.result()
+    return result if len(result.history) >= config.epochs else None
 
 
 def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data: RunData, start: Start) -> tuple[list[dict], float]:
@@ -389,6 +403,10 @@ def fit(config: RunConfig) -> RunResult:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     folder = RunFolder(config.run_dir)
+    finished = _finished_result(config, folder) if config.resume else None
+    if finished is not None:
+        print(f"resume: {config.run} already completed all {config.epochs} epochs with these parameters; its results in {folder.path} are kept")
+        return finished
     data = load_run_data(config, device)
     config = data.config  # sizes as used: what config.json, resume and the evaluation see
     print(class_balance_line(class_balance(data, config.batch_size)))

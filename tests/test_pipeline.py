@@ -187,9 +187,12 @@ def test_an_interrupted_run_names_resume_and_resume_skips_the_finished_runs(monk
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"),
                 "runs": "baseline,resnet50-10ep", "weights": "none", "epochs": "3"}  # fmt: skip
-    with pytest.raises(pipeline.NotebookFailed, match=r"completed epoch 1 of 3: `make run-all RESUME=true`") as failed:
+    with pytest.raises(pipeline.NotebookFailed, match=r"holds 2 completed epoch\(s\) of resnet50-10ep's 3") as failed:
         pipeline.run_all(settings)
     assert "Kernel died" in str(failed.value)
+    command = str(failed.value).split("skipped): ")[1]  # the whole command, with the parameters this one was given
+    assert command.startswith("make run-all RESUME=true ") and "EPOCHS=3" in command and "RUNS=baseline,resnet50-10ep" in command
+    assert f"DATA_DIR={tiny_data}" in command and "WEIGHTS=none" in command
     interrupt.clear()
     pipeline.run_all(settings | {"resume": "true"})
     assert ran == [("01_baseline_cnn.ipynb", None), ("02_resnet50_10_epochs.ipynb", None), ("02_resnet50_10_epochs.ipynb", True)], (
@@ -205,6 +208,21 @@ def test_no_resume_hint_for_a_finished_run_or_one_without_a_saved_epoch(tmp_path
     assert pipeline.resume_hint(config) == "", "no last.pt"
     config.run_dir.mkdir(parents=True)
     torch.save({"epoch": 2}, config.run_dir / "last.pt")
-    assert "completed epoch 2 of" in pipeline.resume_hint(config)
+    assert "holds 3 completed epoch(s) of baseline's" in pipeline.resume_hint(config)
+    assert pipeline.resume_hint(config).endswith("make run-all RESUME=true"), "no parameters given: none to repeat"
+    assert pipeline.resume_hint(config, {"title": "my run", "resume": True}).endswith("RESUME=true TITLE='my run'"), "quoted for the shell"
     (config.run_dir / "result.json").write_text("{}")
     assert pipeline.resume_hint(config) == "", "a finished run"
+
+
+def test_ctrl_c_during_a_run_ends_with_the_resume_command_not_a_traceback(monkeypatch, tmp_path, tiny_data):
+    def interrupted(notebook, executed_dir, parameters):
+        folder = tmp_path / "runs" / "baseline"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": 0}, folder / "last.pt")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "execute", interrupted)
+    settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"), "runs": "baseline"}
+    with pytest.raises(pipeline.NotebookFailed, match=r"01_baseline_cnn.ipynb was interrupted\n.*holds 1 completed epoch.*RESUME=true"):
+        pipeline.run_all(settings)

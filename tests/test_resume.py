@@ -100,3 +100,18 @@ def _resume_message(tiny_data, runs_dir) -> str:
     with contextlib.redirect_stdout(buffer), contextlib.suppress(FloatingPointError):
         fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(runs_dir), resume=True, **(TINY | {"lr": 1e30})))
     return buffer.getvalue()
+
+
+def test_resuming_a_finished_run_keeps_its_results_and_a_lost_result_is_named(tiny_data, tmp_path, capsys):
+    """`make run-all RESUME=true` may re-execute a finished run's notebook (its stamp lost to a failed
+    try); that must not fail nor train it again."""
+    done = fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), **(TINY | {"epochs": 2})))
+    weights = (tmp_path / "baseline" / "best.pt").stat().st_mtime_ns
+    again = fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), resume=True, **(TINY | {"epochs": 2})))
+    assert "already completed all 2 epochs with these parameters" in capsys.readouterr().out
+    assert again.summary == done.summary and (tmp_path / "baseline" / "best.pt").stat().st_mtime_ns == weights, "nothing retrained"
+    with pytest.raises(ValueError, match="other parameters.*batch_size"):  # a finished run under other parameters is no resume
+        fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), resume=True, **(TINY | {"epochs": 2, "batch_size": 4})))
+    (tmp_path / "baseline" / "result.json").unlink()
+    with pytest.raises(ValueError, match=r"completed all 2 epochs, but its result\.json is gone .*RESUME=false"):
+        fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), resume=True, **(TINY | {"epochs": 2})))
