@@ -243,8 +243,9 @@ def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
     current = dataclasses.asdict(config)
     changed = sorted(k for k in current if k not in _RESUME_MAY_DIFFER and saved.get(k) != current[k])
     if changed:
-        raise ValueError(f"resume: {folder.checkpoint_file('last')} was written with other parameters ({', '.join(changed)}); "
-                         "resume with the same ones, or start afresh with resume=False")  # fmt: skip
+        values = "; ".join(f"{k}: {saved.get(k)!r} there, {current[k]!r} now" for k in changed)
+        raise ValueError(f"resume: {folder.checkpoint_file('last')} was written with other parameters ({values}); "
+                         "resume with the same ones (make: NAME=value in upper case), or start afresh with resume=False")  # fmt: skip
     state = folder.load_checkpoint("last")
     if state["epoch"] + 1 >= config.epochs:
         raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs, but its result.json is gone from "
