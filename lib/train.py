@@ -241,7 +241,7 @@ def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
         return None
     saved = folder.read_config()
     current = dataclasses.asdict(config)
-    changed = sorted(k for k in current if k not in _RESUME_MAY_DIFFER and saved.get(k) != current[k])
+    changed = _changed_parameters(saved, current)
     if changed:
         values = "; ".join(f"{k}: {saved.get(k)!r} there, {current[k]!r} now" for k in changed)
         raise ValueError(f"resume: {folder.checkpoint_file('last')} was written with other parameters ({values}); "
@@ -253,15 +253,20 @@ def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
     return state
 
 
+def _changed_parameters(saved: dict, current: dict, also_ignore=frozenset()) -> list[str]:
+    """The fields whose saved (config.json) and current values differ, those that may differ on resume aside."""
+    return sorted(k for k in current if k not in _RESUME_MAY_DIFFER | set(also_ignore) and saved.get(k) != current[k])
+
+
 def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
     """The run's saved result when it finished all its epochs with these parameters (those that
     may differ on resume aside): resuming it has nothing to do, so `make run-all RESUME=true` can
     re-execute a finished run's notebook without training it again. None otherwise."""
     if not folder.has_result() or not folder.config_file.is_file():
         return None
-    saved, current = folder.read_config(), dataclasses.asdict(config)
+    current = dataclasses.asdict(config)
     from_data = {k for k in ("tile_size", "crop_size") if current[k] == 0}  # 0: resolved from the data, as config.json saved it
-    if any(saved.get(k) != current[k] for k in current if k not in _RESUME_MAY_DIFFER | from_data):
+    if _changed_parameters(folder.read_config(), current, also_ignore=from_data):
         return None  # other parameters: _resume_state names them
     result = folder.result()
     return result if len(result.history) >= config.epochs else None
