@@ -12,6 +12,7 @@ import json
 import pandas as pd
 
 from lib import registry
+from lib.data import ORIGINAL_CROP
 from lib.evaluate import scores_text
 from lib.paths import resolve
 from lib.run_folder import RunFolder, RunResult
@@ -273,11 +274,12 @@ def headline(results: dict[str, RunResult], evaluation: dict) -> str:
     what its runs show (quick_story)."""
     final = results[registry.final_run()].summary
     profiles = sorted({r.summary["profile"] for r in results.values()})
+    split = by_run({run: f"{r.summary['n_train']} / {r.summary['n_valid']}" for run, r in results.items()})
+    device = by_run({run: _device(r.summary["environment"]) for run, r in results.items()})
     lines = [
-        f"**Data set:** {final['data_origin']}, {final['n_labelled']} labelled tiles "
-        f"({final['n_train']} training / {final['n_valid']} validation used by the final run).",
+        f"**Data set:** {final['data_origin']}, {final['n_labelled']} labelled tiles (training / validation tiles: {split}).",
         f"**Profile:** {', '.join(profiles)} ({final['profile_reason']}).",
-        f"**Device:** {final['environment']['device']} ({final['environment']['gpu'] if final['environment']['gpu'] != 'none' else final['environment']['cpu']}).",
+        f"**Device:** {device}.",
         "",
         runs_table(results, evaluation),
         "",
@@ -312,14 +314,18 @@ def _lr_change(config: dict) -> str:
 
 def quick_design(results: dict[str, RunResult]) -> str:
     """The sizes each run actually used, in a sentence per run (Markdown list items)."""
+    crop_of, tile_of = ORIGINAL_CROP
     items = []
     for run, r in results.items():
         c, s = r.config, r.summary
+        full = registry.run_parameters(run, "full")
         crop = f", cropped to {c['crop_size']} px when augmenting" if c["augment"] else ""
+        if c["tile_size"] != tile_of or (c["augment"] and c["crop_size"] != crop_of):
+            crop += f" (the original: {tile_of}×{tile_of}{f', cropped to {crop_of}' if c['augment'] else ''})"
+        batch = f"batch {c['batch_size']}" + (f" (the full profile's: {full['batch_size']})" if c["batch_size"] != full["batch_size"] else "")
         items.append(f"  - {run}: {c['tile_size']}×{c['tile_size']} px tiles{crop}; {s['n_train']} training / {s['n_valid']} validation "
                      f"tiles ({'a subset of ' + str(c['subset']) if c['subset'] else 'all'}, valid_fraction {c['valid_fraction']:g}); "
-                     f"{s['epochs']} epochs (the original: {registry.run_parameters(run, 'full')['epochs']}), batch {c['batch_size']}"
-                     + _lr_change(c))  # fmt: skip
+                     f"{s['epochs']} epochs (the original: {full['epochs']}), {batch}" + _lr_change(c))  # fmt: skip
     return "\n".join(items)
 
 
@@ -366,17 +372,53 @@ def deviations(results: dict[str, RunResult], evaluation: dict | None = None) ->
     return "\n".join(items)
 
 
+def by_run(values: dict[str, object]) -> str:
+    """The value when every run has the same, else each value after the runs that have it, in run
+    order: {"a": 1, "b": 2, "c": 1} -> "a, c: 1; b: 2". A report line or table cell then describes
+    every run, not only the final one."""
+    groups: dict[str, list[str]] = {}
+    for run, value in values.items():
+        groups.setdefault(str(value), []).append(run)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{', '.join(runs)}: {value}" for value, runs in groups.items())
+
+
+def _device(environment: dict) -> str:
+    chip = environment["gpu"] if environment["gpu"] != "none" else environment["cpu"]
+    return f"{environment['device']} ({chip})"
+
+
 def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
-    final = results[registry.final_run()].summary
-    record = dict(final["environment"])
-    record["data set"] = f"{final['data_origin']} ({final['data_dir']})"
-    record["layout"] = f"{final.get('data_layout', 'course')}; {final.get('label_rule', '')}"
-    record["split"] = f"{final['split']}; {final['n_train']} training / {final['n_valid']} validation tiles"
-    record["input path"] = final.get("input_path", "")
-    record["arithmetic"] = final.get("speed_settings", "fp32")
-    for k, note in enumerate(final.get("data_notes", [])):
-        record[f"input note {k + 1}"] = note
-    record["profile"] = final["profile"]
+    """Where and from what every run was made, one row per fact (a DataFrame with one column,
+    "value"). A fact the runs share is given once; one they differ in is given per run (by_run), so
+    the table is true of every run, not of the final one alone."""
+    summaries = {run: r.summary for run, r in results.items()}
+    fields = list(dict.fromkeys(key for s in summaries.values() for key in s["environment"]))
+    record = {}
+    for key in fields:
+        if key == "recorded_at":  # one per run by nature: the span says when the results were made
+            times = sorted(str(s["environment"][key]) for s in summaries.values() if s["environment"].get(key))
+            record["recorded"] = "not recorded" if not times else times[0] if times[0] == times[-1] else f"{times[0]} to {times[-1]}"
+        else:
+            record[key] = by_run({run: s["environment"].get(key, "not recorded") for run, s in summaries.items()})
+    facts = {
+        "data set": lambda s: f"{s['data_origin']} ({s['data_dir']})",
+        "layout": lambda s: f"{s.get('data_layout', 'course')}; {s.get('label_rule', '')}",
+        "split": lambda s: s["split"],
+        "training / validation tiles": lambda s: f"{s['n_train']} / {s['n_valid']}",
+        "input path": lambda s: s.get("input_path", ""),
+        "arithmetic": lambda s: s.get("speed_settings", "fp32"),
+        "profile": lambda s: s["profile"],
+    }
+    for name, fact in facts.items():
+        record[name] = by_run({run: fact(s) for run, s in summaries.items()})
+    notes = {run: "; ".join(s.get("data_notes", [])) or "none" for run, s in summaries.items()}
+    if len(set(notes.values())) == 1:
+        record["input notes"] = next(iter(notes.values()))
+    else:  # a row per run: notes are sentences, too long to group in one cell
+        for run, text in notes.items():
+            record[f"input notes, {run}"] = text
     record["pretrained weights"] = ", ".join(
         f"{run}: {'yes, ' + r.summary['weights']['source'] if r.summary['weights']['pretrained'] else 'no (from scratch)'}"
         for run, r in results.items() if r.config["model"] == "resnet50"

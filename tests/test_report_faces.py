@@ -40,6 +40,30 @@ def test_pdf_opens_with_every_section_and_figure(executed_workbook, chromium):
     assert figures_in_html >= 10 and images_in_pdf >= figures_in_html, (figures_in_html, images_in_pdf)
     for page in reader.pages:  # A4, and nothing wider than the page
         assert abs(float(page.mediabox.width) - 595) < 2
+    first_page = re.sub(r"\s+", " ", reader.pages[0].extract_text())
+    assert "Summary" in first_page and "Data set" in first_page, "page 1 holds the title alone: " + first_page[:300]
+
+
+def test_printed_text_outputs_may_break_and_figures_may_not(executed_workbook, chromium):
+    """In print, a text output may run on to the next page (else a long one leaves a blank page
+    behind it) and a figure stays whole. The lab template's own rule says the opposite for both, so
+    this checks what Chromium computes, not what our stylesheet says."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.emulate_media(media="print")
+        page.goto((executed_workbook / "reports" / "report.html").as_uri(), wait_until="load")
+        styles = page.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-child')].map(e => {
+            const s = getComputedStyle(e), o = getComputedStyle(e.querySelector('.jp-OutputArea-output') || e);
+            return [e.querySelector('img') !== null, s.breakInside, s.overflow, o.overflow]; })""")
+        browser.close()
+    text = [style for style in styles if not style[0]]
+    figures = [style for style in styles if style[0]]
+    assert text and figures
+    assert all(inside == "auto" and child == output == "visible" for _, inside, child, output in text), text
+    assert all(inside.startswith("avoid") for _, inside, _, _ in figures), figures
 
 
 def test_without_chromium_the_message_says_how_to_get_the_pdf(executed_workbook, tmp_path, monkeypatch, capsys):

@@ -75,12 +75,14 @@ def test_deviations_state_the_quick_design_and_a_competition_submission():
     runs = {run: _result(run) for run in registry.run_names()}
     evaluation = _evaluation(final_zero=False)
     text = results.deviations(runs, evaluation)
-    assert "- resnet50-10ep: 96×96 px tiles, cropped to 75 px when augmenting; 512 training / 130 validation tiles" in text
-    assert "3 epochs (the original: 10), batch 32" in text and "Submission:" not in text
+    assert ("- resnet50-10ep: 96×96 px tiles, cropped to 75 px when augmenting (the original: 256×256, cropped to 200); "
+            "512 training / 130 validation tiles") in text
+    assert "3 epochs (the original: 10), batch 32 (the full profile's: 100)" in text and "Submission:" not in text
+    assert "- baseline: 256×256 px tiles; 512 training" in text, "the original's tile: nothing to add"
     assert "learning rate" not in text and "optimizer (lr 0.001)." in text, "the full profile's rate: nothing to say"
     runs["baseline"].config["lr"] = 3e-4
     text = results.deviations(runs, evaluation)
-    assert "batch 32, learning rate 0.0003 (the full profile's: 0.001)" in text, "read from the run"
+    assert "batch 32 (the full profile's: 64), learning rate 0.0003 (the full profile's: 0.001)" in text, "read from the run"
     assert "optimizer (lr 0.0003, where the full profile's is 0.001)." in text
     evaluation["submission"] |= {"form": "competition", "why": "the data set's own competition form, from its sample_submission.csv"}
     assert "- **Submission:** written in the data set's own competition form" in results.deviations(runs, evaluation)
@@ -88,3 +90,23 @@ def test_deviations_state_the_quick_design_and_a_competition_submission():
     assert list(table.index) == registry.run_names() and {"accuracy", "majority rate", "balanced accuracy", "ROC-AUC"} <= set(table.columns)
     assert "scored on" not in table.columns and "note" not in table.columns, "said once above the table; no one-class model"
     assert results.held_out_clause(evaluation) == ", on the 100 test tiles (90 of class 0, 10 of class 1)"
+
+
+def test_summary_and_environment_describe_every_run_not_the_final_one_alone():
+    runs = {run: _result(run) for run in registry.run_names()}
+    baseline = runs["baseline"].summary
+    baseline |= {"n_train": 3686, "n_valid": 410, "data_notes": ["tile_size 256: the data set's own"],
+                 "environment": {"device": "cuda", "gpu": "H200", "cpu": "2 cores", "recorded_at": "2026-01-01 10:00:00 UTC"}}  # fmt: skip
+    text = results.headline(runs, _evaluation(final_zero=False))
+    resnets = ", ".join(run for run in registry.run_names() if run != "baseline")
+    assert f"(training / validation tiles: baseline: 3686 / 410; {resnets}: 512 / 130)." in text
+    assert f"**Device:** baseline: cuda (H200); {resnets}: cpu (2 cores)." in text
+    table = results.environment_table(runs)["value"]
+    assert table["training / validation tiles"] == f"baseline: 3686 / 410; {resnets}: 512 / 130"
+    assert table["device"] == f"baseline: cuda; {resnets}: cpu" and table["cpu"] == "2 cores", "shared facts once"
+    assert table["recorded"] == "2026-01-01 10:00:00 UTC", "the span of the runs that recorded a time"
+    assert table["input notes, baseline"] == "tile_size 256: the data set's own" and table[f"input notes, {registry.final_run()}"] == "none"
+    same = {run: _result(run) for run in registry.run_names()}
+    assert "(training / validation tiles: 512 / 130)." in results.headline(same, _evaluation(final_zero=False))
+    assert results.environment_table(same)["value"]["input notes"] == "none"
+    assert results.by_run({"a": 1, "b": 2, "c": 1}) == "a, c: 1; b: 2" and results.by_run({"a": 1, "b": 1}) == "1"
