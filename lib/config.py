@@ -14,6 +14,7 @@ from lib import registry
 from lib.paths import DEFAULT_DATA_DIR, RUNS_DIR, TILE_CACHE_DIR, resolve
 
 MODELS = ("baseline", "resnet50", "small")
+BASELINE_TILE = 256  # pixels: the baseline CNN's first linear layer fixes its input at 256x256 (lib/models.py)
 HEADS = ("imagenet1000", "binary")
 WEIGHTS = ("imagenet", "none")
 SCHEDULERS = ("none", "plateau")
@@ -279,9 +280,14 @@ def _validate(config: RunConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"parameter {name}={getattr(config, name)} must be at least 1")
-    if config.model == "baseline" and config.tile_size not in (0, 256):
-        raise ValueError(f"parameter tile_size={config.tile_size}: the baseline CNN takes 256x256 tiles only (its first linear layer "
-                         "is sized for them); leave tile_size at 0 and it resizes to 256")  # fmt: skip
+    side = BASELINE_TILE
+    if config.model == "baseline" and config.tile_size not in (0, side):
+        raise ValueError(f"parameter tile_size={config.tile_size}: the baseline CNN takes {side}x{side} tiles only (its first linear layer "
+                         f"is sized for them); leave tile_size at 0 and it resizes to {side}")  # fmt: skip
+    if config.model == "baseline" and config.augment and config.crop_size != side:
+        crop = f"crop_size={config.crop_size}" if config.crop_size else "crop_size=0 (200 of 256, the original's)"
+        raise ValueError(f"parameter augment=True with {crop} crops the baseline's tiles, but the baseline CNN takes {side}x{side} "
+                         f"tiles only: set crop_size={side} (rotation and flips, no crop), or augment=False")  # fmt: skip
     # crop_size against the tile is checked where the tile size is known (lib/data.py, crop_for).
     if config.augment and config.tile_size and config.crop_size > config.tile_size:
         raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size}")

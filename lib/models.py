@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.config import BASELINE_TILE
 from lib.run_folder import RunFolder
 from lib.weights import imagenet_cache_file, load_resnet50_weights
 
@@ -24,7 +25,7 @@ class BaselineCNN(nn.Module):
     """The original's small CNN, exactly: three convolutions, two poolings, two linear layers with
     no activation between them. Its first linear layer fixes the input at 256x256."""
 
-    input_size = 256
+    input_size = BASELINE_TILE  # linear1's 3 * 64 * 64 inputs: two poolings of 256
 
     def __init__(self):
         super().__init__()

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from lib import registry
-from lib.config import ParameterError, convert, run_config, settable_fields
+from lib.config import BASELINE_TILE, ParameterError, convert, run_config, settable_fields
 from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
 
 EVALUATION_NOTEBOOK = "05_evaluation.ipynb"
@@ -329,6 +329,23 @@ def resume_hint(config, settings: dict | None = None) -> str:
             f"(the finished runs are skipped): make run-all RESUME=true{' ' + given if given else ''}")
 
 
+FIXED_INPUT_FIELDS = ("tile_size", "crop_size")  # what the baseline CNN's fixed input decides for itself
+
+
+def parameters_for(run: str, parameters: dict) -> tuple[dict, str]:
+    """The parameters given to every run, less those this run's model cannot take, and a line
+    saying which were left out and why ("" when none). The baseline CNN takes 256x256 tiles only,
+    so a `tile_size` or `crop_size` given to all runs (`make run-all TILE_SIZE=96`) reaches the other
+    runs and not it; given to its notebook alone, the notebook refuses it by name."""
+    fixed = {k: parameters[k] for k in FIXED_INPUT_FIELDS if k in parameters}
+    if not fixed or run_config(run, **{k: v for k, v in parameters.items() if k not in fixed}).model != "baseline":
+        return parameters, ""
+    given = " ".join(f"{k}={v}" for k, v in fixed.items())
+    return ({k: v for k, v in parameters.items() if k not in fixed},
+            f"=== {run}: {given} applies to the other runs, not this one: the baseline CNN takes {BASELINE_TILE}x{BASELINE_TILE} "
+            "tiles only (its first linear layer is sized for them), so it keeps its own tile and crop")  # fmt: skip
+
+
 def run_all(settings: dict | None = None) -> None:
     """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
     by field name, as text or typed, and pipeline options). Every run's config is built and checked
@@ -339,7 +356,8 @@ def run_all(settings: dict | None = None) -> None:
 
     parameters, options = checked_settings(settings or {})
     runs = _selected_runs(options)
-    configs = {run: run_config(run, **parameters) for run in runs}  # every parameter checked here, by name
+    per_run = {run: parameters_for(run, parameters) for run in runs}
+    configs = {run: run_config(run, **given) for run, (given, _) in per_run.items()}  # every parameter checked here, by name
     first = configs[runs[0]]
     print(f"=== {first.profile_reason}", flush=True)
     executed_dir = resolve(options.get("reports_dir") or REPORTS_DIR) / "executed"
@@ -359,8 +377,11 @@ def run_all(settings: dict | None = None) -> None:
         ignored = {"profile_reason", "resume"} | ({"head", "weights", "weights_path", "weights_strict"} if config.model != "resnet50" else set())
         resolved = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored} | {"weights file": weights.get(run)}
         stamp = fingerprint(notebook, resolved, data)
+        given, left_out = per_run[run]
+        if left_out:
+            print(left_out, flush=True)
         try:
-            _run_if_changed(notebook, executed_dir, parameters, stamp, outputs=[RunFolder(config.run_dir).result_file])
+            _run_if_changed(notebook, executed_dir, given, stamp, outputs=[RunFolder(config.run_dir).result_file])
         except NotebookFailed as error:
             raise NotebookFailed(f"{error}{resume_hint(config, settings)}") from None
         except KeyboardInterrupt:  # Ctrl-C: the kernel stops with the pipeline; what it saved stays

@@ -319,8 +319,11 @@ def quick_design(results: dict[str, RunResult]) -> str:
     for run, r in results.items():
         c, s = r.config, r.summary
         full = registry.run_parameters(run, "full")
-        crop = f", cropped to {c['crop_size']} px when augmenting" if c["augment"] else ""
-        if c["tile_size"] != tile_of or (c["augment"] and c["crop_size"] != crop_of):
+        whole = c["augment"] and c["crop_size"] >= c["tile_size"]
+        crop = ", augmented by rotation and flips, not cropped" if whole else f", cropped to {c['crop_size']} px when augmenting" if c["augment"] else ""
+        if c["augment"] != full["augment"]:  # a quick design's (or the user's) choice, not the original's
+            crop += " (the original: not augmented)" if c["augment"] else ", not augmented (the original: rotation, flips and crop)"
+        elif c["tile_size"] != tile_of or (c["augment"] and c["crop_size"] != crop_of):
             crop += f" (the original: {tile_of}×{tile_of}{f', cropped to {crop_of}' if c['augment'] else ''})"
         batch = f"batch {c['batch_size']}" + (f" (the full profile's: {full['batch_size']})" if c["batch_size"] != full["batch_size"] else "")
         items.append(f"  - {run}: {c['tile_size']}×{c['tile_size']} px tiles{crop}; {s['n_train']} training / {s['n_valid']} validation "

@@ -68,6 +68,11 @@ def test_unknown_and_mistyped_parameters_fail_by_name():
         run_config("baseline", profile="quick", epochs=0)
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         run_config("baseline", profile="fast")
+    with pytest.raises(ValueError, match=r"augment=True with crop_size=0 \(200 of 256.*takes 256x256 tiles only: set crop_size=256"):
+        run_config("baseline", profile="full", augment=True)
+    with pytest.raises(ValueError, match=r"augment=True with crop_size=128 crops"):
+        run_config("baseline", profile="quick", augment=True, crop_size=128)
+    assert run_config("baseline", profile="quick", augment=True, crop_size=256).crop_size == 256
     with pytest.raises(KeyError, match="unknown run 'resnet18'"):
         run_config("resnet18", profile="quick")
     with pytest.raises(ValueError, match="unknown parameter.*notebook;"):

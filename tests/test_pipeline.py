@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from lib import pipeline, registry
-from lib.config import ParameterError
+from lib.config import ParameterError, run_config
 from lib.layouts import read_layout
 
 
@@ -226,3 +226,32 @@ def test_ctrl_c_during_a_run_ends_with_the_resume_command_not_a_traceback(monkey
     settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"), "runs": "baseline"}
     with pytest.raises(pipeline.NotebookFailed, match=r"01_baseline_cnn.ipynb was interrupted\n.*holds 1 completed epoch.*RESUME=true"):
         pipeline.run_all(settings)
+
+
+def test_a_tile_size_for_every_run_reaches_the_resnet50_runs_and_not_the_baseline(monkeypatch, tmp_path, tiny_data, capsys):
+    """The README's own example, `make run-all TILE_SIZE=96`: the baseline takes 256x256 tiles only,
+    so it keeps its own and says so; the other runs get 96. Given to the baseline alone, it is refused."""
+    given = {}
+
+    def fake_execute(notebook, executed_dir, parameters):
+        given[notebook] = dict(parameters)
+        run = next(r for r in registry.run_names() if registry.run_entry(r)["notebook"] == notebook)
+        (tmp_path / "runs" / run).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "runs" / run / "result.json").write_text("{}")
+        (executed_dir / notebook).parent.mkdir(parents=True, exist_ok=True)
+        (executed_dir / notebook).write_text("{}")
+
+    monkeypatch.setattr(pipeline, "execute", fake_execute)
+    settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"),
+                "runs": "baseline,resnet50-10ep", "weights": "none", "tile_size": "96", "crop_size": "80", "epochs": "1"}  # fmt: skip
+    pipeline.run_all(settings)
+    assert "tile_size" not in given["01_baseline_cnn.ipynb"] and "crop_size" not in given["01_baseline_cnn.ipynb"]
+    assert given["01_baseline_cnn.ipynb"]["epochs"] == 1, "every other parameter still reaches it"
+    assert (given["02_resnet50_10_epochs.ipynb"]["tile_size"], given["02_resnet50_10_epochs.ipynb"]["crop_size"]) == (96, 80)
+    out = capsys.readouterr().out
+    assert "=== baseline: tile_size=96 crop_size=80 applies to the other runs, not this one: the baseline CNN takes 256x256" in out
+    assert "resnet50-10ep: tile_size" not in out
+    with pytest.raises(ValueError, match=r"tile_size=96: the baseline CNN takes 256x256 tiles only"):
+        run_config("baseline", profile="quick", tile_size=96)
+    assert pipeline.parameters_for("baseline", {"tile_size": 96, "model": "small"}) == ({"tile_size": 96, "model": "small"}, ""), (
+        "a baseline run given another model takes any tile")

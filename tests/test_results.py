@@ -79,6 +79,13 @@ def test_deviations_state_the_quick_design_and_a_competition_submission():
             "512 training / 130 validation tiles") in text
     assert "3 epochs (the original: 10), batch 32 (the full profile's: 100)" in text and "Submission:" not in text
     assert "- baseline: 256×256 px tiles; 512 training" in text, "the original's tile: nothing to add"
+    runs["baseline"].config |= {"augment": True, "crop_size": 256}
+    runs["resnet50-10ep"].config["augment"] = False
+    design = results.quick_design(runs)
+    assert "- baseline: 256×256 px tiles, augmented by rotation and flips, not cropped (the original: not augmented); 512" in design
+    assert "- resnet50-10ep: 96×96 px tiles, not augmented (the original: rotation, flips and crop); 512" in design
+    runs["baseline"].config["augment"] = False
+    runs["resnet50-10ep"].config["augment"] = True
     assert "learning rate" not in text and "optimizer (lr 0.001)." in text, "the full profile's rate: nothing to say"
     runs["baseline"].config["lr"] = 3e-4
     text = results.deviations(runs, evaluation)
