@@ -84,10 +84,15 @@ def _floor(s: dict) -> str:
 def run_figures(result: RunResult, evaluation: dict | None = None) -> str:
     """One run's measured figures as a Markdown line: validation accuracies beside their
     majority-class rate, time and speed, and (with `evaluation`) its best checkpoint's scores."""
-    s = result.summary
-    text = (f"Measured here: final valid acc {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
-            f"(epoch {s['best_epoch']}){_floor(s)}, {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
-            f"{s['train_images_per_s']:.1f} training images/s on {s['environment']['device']}.")  # fmt: skip
+    s, c = result.summary, result.config
+    if c["augment"] != registry.run_parameters(c["run"], "full")["augment"]:  # the quick design's (or the user's) choice
+        said = "with rotation and flips, which the original's run did not have" if c["augment"] else "without the original's augmentation"
+        text = f"Measured here ({said}; see Deviations): final valid acc"
+    else:
+        text = "Measured here: final valid acc"
+    text += (f" {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
+             f"(epoch {s['best_epoch']}){_floor(s)}, {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
+             f"{s['train_images_per_s']:.1f} training images/s on {s['environment']['device']}.")  # fmt: skip
     scored = (evaluation or {}).get("runs", {}).get(s["run"])
     if scored and scored["metrics"]:
         where = "test tiles" if scored["scored_on"] == "test" else "validation split (no labelled test set)"

@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 BUDGET_S=${GPU_CHECK_BUDGET_S:-570}  # the whole script, in seconds: below the device call's 600
 mkdir -p "$OUT"
 if [[ -n ${GPU_CHECK_REHEARSAL:-} ]]; then
-  run_args=(profile=quick device=cpu)
+  run_args=(profile=quick device=cpu epochs=1)  # the flow, not the figures: one epoch a run
   bench_args=(--devices cpu --models baseline --steps 1 --rounds 1)
 else
   run_args=(profile=full device=cuda)

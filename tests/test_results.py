@@ -117,3 +117,13 @@ def test_summary_and_environment_describe_every_run_not_the_final_one_alone():
     assert "(training / validation tiles: 512 / 130)." in results.headline(same, _evaluation(final_zero=False))
     assert results.environment_table(same)["value"]["input notes"] == "none"
     assert results.by_run({"a": 1, "b": 2, "c": 1}) == "a, c: 1; b: 2" and results.by_run({"a": 1, "b": 1}) == "1"
+
+
+def test_a_runs_figures_say_when_it_augmented_otherwise_than_the_original():
+    runs = {run: _result(run) for run in registry.run_names()}
+    assert results.run_figures(runs["baseline"]).startswith("Measured here: final valid acc 60.00 %")
+    runs["baseline"].config |= {"augment": True, "crop_size": 256}
+    assert results.run_figures(runs["baseline"]).startswith(
+        "Measured here (with rotation and flips, which the original's run did not have; see Deviations): final valid acc 60.00 %")
+    runs["resnet50-10ep"].config["augment"] = False
+    assert results.run_figures(runs["resnet50-10ep"]).startswith("Measured here (without the original's augmentation; see Deviations):")
