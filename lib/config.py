@@ -52,7 +52,7 @@ class RunConfig:
     lr: float = 1e-3  # Adam's learning rate
     scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
     augment: bool  # the original's rotation, flips and random crop on training tiles
-    crop_size: int = 0  # pixels, the random crop when augmenting; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256
+    crop_size: int = 0  # pixels, the random crop when augmenting; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256 (the baseline: no crop)
     seed: int = 0  # every random draw (split, order, augmentation, initial weights) follows it
     # The network
     model: str  # "baseline" or "resnet50" (the original's), or "small" (a fast CNN for quick checks)
@@ -284,10 +284,10 @@ def _validate(config: RunConfig) -> None:
     if config.model == "baseline" and config.tile_size not in (0, side):
         raise ValueError(f"parameter tile_size={config.tile_size}: the baseline CNN takes {side}x{side} tiles only (its first linear layer "
                          f"is sized for them); leave tile_size at 0 and it resizes to {side}")  # fmt: skip
-    if config.model == "baseline" and config.augment and config.crop_size != side:
-        crop = f"crop_size={config.crop_size}" if config.crop_size else "crop_size=0 (200 of 256, the original's)"
-        raise ValueError(f"parameter augment=True with {crop} crops the baseline's tiles, but the baseline CNN takes {side}x{side} "
-                         f"tiles only: set crop_size={side} (rotation and flips, no crop), or augment=False")  # fmt: skip
+    if config.model == "baseline" and config.augment and config.crop_size not in (0, side):
+        raise ValueError(f"parameter crop_size={config.crop_size} with augment=True would crop the baseline's tiles, but the baseline "
+                         f"CNN takes {side}x{side} tiles only: leave crop_size at 0 (for the baseline: rotation and flips, no crop), "
+                         "or augment=False")  # fmt: skip
     # crop_size against the tile is checked where the tile size is known (lib/data.py, crop_for).
     if config.augment and config.tile_size and config.crop_size > config.tile_size:
         raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size}")

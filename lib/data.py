@@ -674,10 +674,12 @@ def _raise_unless_skipped(record: DecodeRecord, skip_bad_images: bool) -> None:
     record.skipped = len(record.bad)
 
 
-def crop_for(tile_size: int, crop_size: int = 0) -> int:
+def crop_for(tile_size: int, crop_size: int = 0, model_input: int | None = None) -> int:
     """The random crop's side in pixels: `crop_size` when set, else the original's 200 of 256 scaled
-    to the tile (75 of 96). Raises ValueError, naming the parameter, when it is larger than the tile."""
-    follows = round(tile_size * ORIGINAL_CROP[0] / ORIGINAL_CROP[1])
+    to the tile (75 of 96), or, for a network with a fixed input side `model_input` (the baseline
+    CNN's 256), the whole tile: augmenting it rotates and flips without cropping. Raises ValueError,
+    naming the parameter, when the crop is larger than the tile."""
+    follows = tile_size if model_input else round(tile_size * ORIGINAL_CROP[0] / ORIGINAL_CROP[1])
     if crop_size > tile_size:
         raise ValueError(f"parameter crop_size={crop_size} is larger than the {tile_size}x{tile_size} tiles: set crop_size to at "
                          f"most {tile_size} (0 follows the tile: {follows}), or tile_size to at least {crop_size}")  # fmt: skip

@@ -167,10 +167,12 @@ def load_run_data(config: RunConfig, device: torch.device) -> RunData:
     index = read_run_layout(config)
     print(f"data: {index.origin}; {index.describe()}")
     tensor_path = config.input_pipeline == "tensor"
+    model_input = BaselineCNN.input_size if config.model == "baseline" else None
     tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
                              keep_tiles=tensor_path, subset=config.subset, seed=config.seed,
-                             model_input=BaselineCNN.input_size if config.model == "baseline" else None, multi_page=config.multi_page)  # fmt: skip
-    config = replace(config, tile_size=tile_set.size, crop_size=crop_for(tile_set.size, config.crop_size) if config.augment else config.crop_size)
+                             model_input=model_input, multi_page=config.multi_page)  # fmt: skip
+    crop_size = crop_for(tile_set.size, config.crop_size, model_input) if config.augment else config.crop_size
+    config = replace(config, tile_size=tile_set.size, crop_size=crop_size)
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
     data_notes = tile_set.notes + split.batch_notes(config.batch_size)
     for note in data_notes:

@@ -68,11 +68,11 @@ def test_unknown_and_mistyped_parameters_fail_by_name():
         run_config("baseline", profile="quick", epochs=0)
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         run_config("baseline", profile="fast")
-    with pytest.raises(ValueError, match=r"augment=True with crop_size=0 \(200 of 256.*takes 256x256 tiles only: set crop_size=256"):
-        run_config("baseline", profile="full", augment=True)
-    with pytest.raises(ValueError, match=r"augment=True with crop_size=128 crops"):
+    with pytest.raises(ValueError, match=r"crop_size=128 with augment=True would crop the baseline's tiles.*leave crop_size at 0"):
         run_config("baseline", profile="quick", augment=True, crop_size=128)
+    assert run_config("baseline", profile="full", augment=True).crop_size == 0, "0: the whole tile, for the baseline"
     assert run_config("baseline", profile="quick", augment=True, crop_size=256).crop_size == 256
+    assert run_config("baseline", profile="quick", model="small", tile_size=32).crop_size == 0, "another model: 0 follows its tile"
     with pytest.raises(KeyError, match="unknown run 'resnet18'"):
         run_config("resnet18", profile="quick")
     with pytest.raises(ValueError, match="unknown parameter.*notebook;"):

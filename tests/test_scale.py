@@ -38,6 +38,7 @@ def test_tiles_keep_their_native_size_unless_a_run_asks_and_the_crop_follows_the
     asked = load_tile_set(read_layout(pcam96), 64, cache_dir=tmp_path)
     assert asked.size == 64 and asked.record.resized == {"96x96": 120}
     assert crop_for(96) == 75 and crop_for(256) == 200 and crop_for(96, 64) == 64  # the original's 200 of 256
+    assert crop_for(256, 0, model_input=256) == 256, "a fixed-input network (the baseline) is rotated and flipped, not cropped"
     with pytest.raises(ValueError, match=r"crop_size=200 is larger than the 96x96 tiles: set crop_size to at most 96"):
         crop_for(96, 200)
 
