@@ -14,6 +14,7 @@ from lib import registry
 from lib.paths import DEFAULT_DATA_DIR, RUNS_DIR, TILE_CACHE_DIR, resolve
 
 MODELS = ("baseline", "resnet50", "small")
+ORIGINAL_CROP = (200, 256)  # pixels: the original cropped 200 of 256; a crop follows its tile in that ratio unless set
 BASELINE_TILE = 256  # pixels: the baseline CNN's first linear layer fixes its input at 256x256 (lib/models.py)
 HEADS = ("imagenet1000", "binary")
 WEIGHTS = ("imagenet", "none")
@@ -288,11 +289,14 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter crop_size={config.crop_size} with augment=True would crop the baseline's tiles, but the baseline "
                          f"CNN takes {side}x{side} tiles only: leave crop_size at 0 (for the baseline: rotation and flips, no crop), "
                          "or augment=False")  # fmt: skip
-    # crop_size against the tile is checked where the tile size is known (lib/data.py, crop_for).
-    if config.augment and config.tile_size and config.crop_size > config.tile_size:
-        raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size}")
-    if 0 < config.tile_size < 16 or config.tile_size < 0:
+    if 0 < config.tile_size < 16 or config.tile_size < 0:  # before the crop, which a bad tile size makes look wrong
         raise ValueError(f"parameter tile_size={config.tile_size} must be 0 (the data set's own) or at least 16 pixels")
+    # crop_size against tile_size 0 is checked where the data's tile size is known (lib/data.py, crop_for).
+    if config.augment and config.tile_size and config.crop_size > config.tile_size:
+        follows = round(config.tile_size * ORIGINAL_CROP[0] / ORIGINAL_CROP[1])
+        raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size} for {config.run}: set "
+                         f"crop_size to at most {config.tile_size} (crop_size=0 follows the tile: {follows}), or tile_size to at "
+                         f"least {config.crop_size}")  # fmt: skip
     if config.crop_size < 0:
         raise ValueError(f"parameter crop_size={config.crop_size} must be 0 (follows the tile) or a positive number of pixels")
     if config.loader_workers < 0:

@@ -28,12 +28,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from lib.augment import augment_batch
-from lib.config import MULTI_PAGES
+from lib.config import MULTI_PAGES, ORIGINAL_CROP
 from lib.layouts import LAYOUTS, H5Tile, LayoutError, TileIndex, TileSource, read_layout  # noqa: F401  (the data API)
 from lib.paths import TILE_CACHE_DIR
 
 TILE_SIZE = 256  # pixels: the original's tiles and the baseline's input; the size for data sets whose tiles differ
-ORIGINAL_CROP = (200, 256)  # pixels: the original cropped 200 of 256; a crop follows its tile in that ratio unless set
 CACHE_VERSION = 3  # bump when decoding or the cache's files change, so that old caches are not reused (2: row-by-row cache; 3: EXIF orientation, >8-bit scaling, pages)
 # EXIF/TIFF orientation (tag 274) -> what a viewer does to show the stored pixels upright; 1 is upright already.
 ORIENTATIONS = {2: "mirrored", 3: "turned 180°", 4: "flipped upside down", 5: "transposed", 6: "turned 90° clockwise",

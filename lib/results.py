@@ -12,7 +12,7 @@ import json
 import pandas as pd
 
 from lib import registry
-from lib.data import ORIGINAL_CROP
+from lib.config import ORIGINAL_CROP
 from lib.evaluate import scores_text
 from lib.paths import resolve
 from lib.run_folder import RunFolder, RunResult
