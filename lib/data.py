@@ -689,7 +689,7 @@ def choose_tile_size(cache: TileCache, rows: np.ndarray, size: int, model_input:
     """The side in pixels the run's tiles are brought to, and why, in words: `size` when set, else a
     model's fixed input, else the tiles' own when all the run uses share one (headers only), else TILE_SIZE."""
     if size:
-        return size, f"tile_size {size} asked for"
+        return size, f"tile_size {size}: the run's parameter (registry or given)"
     native, shapes = cache.native_size(rows)
     if model_input:
         if native == model_input:

@@ -85,11 +85,15 @@ def run_figures(result: RunResult, evaluation: dict | None = None) -> str:
     """One run's measured figures as a Markdown line: validation accuracies beside their
     majority-class rate, time and speed, and (with `evaluation`) its best checkpoint's scores."""
     s, c = result.summary, result.config
-    if c["augment"] != registry.run_parameters(c["run"], "full")["augment"]:  # the quick design's (or the user's) choice
-        said = "with rotation and flips, which the original's run did not have" if c["augment"] else "without the original's augmentation"
-        text = f"Measured here ({said}; see Deviations): final valid acc"
-    else:
-        text = "Measured here: final valid acc"
+    full = registry.run_parameters(c["run"], "full")
+    changes = []  # the quick design's (or the user's) choices that the section's text, the original's story, does not say
+    if c["augment"] != full["augment"]:
+        changes.append("with rotation and flips, which the original's run did not have" if c["augment"] else "without the original's augmentation")
+    if c["lr"] != full["lr"]:
+        changes.append(f"learning rate {c['lr']:g}, the full profile's {full['lr']:g}")
+    if c["batch_size"] != full["batch_size"]:
+        changes.append(f"batch {c['batch_size']}, the full profile's {full['batch_size']}")
+    text = f"Measured here ({'; '.join(changes)}; see Deviations): final valid acc" if changes else "Measured here: final valid acc"
     text += (f" {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
              f"(epoch {s['best_epoch']}){_floor(s)}, {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
              f"{s['train_images_per_s']:.1f} training images/s on {s['environment']['device']}.")  # fmt: skip
@@ -242,6 +246,31 @@ def submission_note(evaluation: dict) -> str:
             f"each row holds {submission['values']}.{left_out}")  # fmt: skip
 
 
+COMPARED_FIELDS = ("epochs", "batch_size", "lr", "subset", "scheduler", "augment", "valid_fraction", "seed", "model", "head", "weights")
+
+
+def given_over_registry(result: RunResult) -> dict[str, tuple]:
+    """The parameters a run trained with that differ from its registry profile's, {name: (registry's,
+    used)}: what a user set (`make run-all EPOCHS=1`) over the registry. Tile and crop sizes count
+    only where the registry fixes them (0 means "from the data", resolved when the run starts)."""
+    from lib.config import run_config
+
+    c = result.config
+    declared = run_config(c["run"], profile=result.summary["profile"])
+    differ = {k: (getattr(declared, k), c[k]) for k in COMPARED_FIELDS if k in c and getattr(declared, k) != c[k]}
+    for k in ("tile_size", "crop_size"):
+        if getattr(declared, k) and getattr(declared, k) != c.get(k):
+            differ[k] = (getattr(declared, k), c.get(k))
+    return differ
+
+
+def keeps_relation(results: dict[str, RunResult]) -> bool:
+    """True when the ResNet50 runs' epochs still rise in registry order (the original's 10, 100, 150:
+    the shortest; longer; the longest), which the quick story and the deviations rely on."""
+    epochs = [r.summary["epochs"] for r in results.values() if r.config["model"] == "resnet50"]
+    return all(a < b for a, b in zip(epochs, epochs[1:]))
+
+
 def quick_story(results: dict[str, RunResult], evaluation: dict) -> str:
     """For the quick profile, what its runs show of the original's story and what needs the full
     profile or ImageNet weights, from the measured scores. Empty for the full profile."""
@@ -267,7 +296,12 @@ def quick_story(results: dict[str, RunResult], evaluation: dict) -> str:
     epochs = ", ".join(str(results[run].summary["epochs"]) for run in resnets)
     needs = "the full profile (a GPU)" + (" and ImageNet weights (`make weights`; these ResNet50 runs started from scratch)" if scratch else "")
     shown_text = ("; ".join(shown) + ". ") if shown else ""
-    return (f"**What the quick runs show:** {shown_text[:1].upper() + shown_text[1:]}They are the original's four runs scaled down "
+    shown_text = shown_text[:1].upper() + shown_text[1:]
+    if not keeps_relation(results):
+        return (f"**What the quick runs show:** {shown_text}Their ResNet50 runs trained for {epochs} epochs, which does not keep the "
+                f"original's relation (10, 100 and 150: the shortest; longer; the longest), so they cannot show the direction of its "
+                f"story; its figures need {needs}.")  # fmt: skip
+    return (f"**What the quick runs show:** {shown_text}They are the original's four runs scaled down "
             f"(ResNet50 for {epochs} epochs in place of 10, 100 and 150), so they show the direction of its story, not its figures: "
             f"the original's 96-100 % validation accuracy, run 2's swings between epochs and their damping by ReduceLROnPlateau "
             f"(whose patience, 10 epochs, is longer than these runs) need {needs}.")  # fmt: skip
@@ -361,9 +395,15 @@ def deviations(results: dict[str, RunResult], evaluation: dict | None = None) ->
     short = [run for run, r in results.items() if r.summary["epochs"] != full[run]["epochs"] or r.config["subset"]
              or r.config["tile_size"] != full[run].get("tile_size", r.config["tile_size"])]  # fmt: skip
     if short:
+        given = {run: given_over_registry(r) for run, r in results.items()}
+        given_text = by_run({run: ", ".join(f"{k} {used} (registry: {declared})" for k, (declared, used) in g.items()) or "none"
+                             for run, g in given.items()})  # fmt: skip
+        source = (f"the registry's {final['profile']} values" if given_text == "none"
+                  else f"the registry's {final['profile']} values, with parameters given over them: {given_text}")
+        relation = ("the ResNet50 runs keep the original's relation (the shortest; longer with ReduceLROnPlateau; the longest)"
+                    if keeps_relation(results) else "the ResNet50 runs do not keep the original's relation (the shortest; longer; the longest)")
         items.append(f"- **Profile `{final['profile']}`:** so that everything runs on a CPU in minutes, the runs are scaled down "
-                     "(the registry's quick values); the ResNet50 runs keep the original's relation (the shortest; longer with "
-                     "ReduceLROnPlateau; the longest). Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
+                     f"({source}); {relation}. Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
     baseline = next((r for r in results.values() if r.config["model"] == "baseline"), None)
     if baseline:
         full = _full_profile_lr(baseline.config)
@@ -407,7 +447,7 @@ def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
     for key in fields:
         if key == "recorded_at":  # one per run by nature: the span says when the results were made
             times = sorted(str(s["environment"][key]) for s in summaries.values() if s["environment"].get(key))
-            record["recorded"] = "not recorded" if not times else times[0] if times[0] == times[-1] else f"{times[0]} to {times[-1]}"
+            record["results saved"] = "not recorded" if not times else times[0] if times[0] == times[-1] else f"{times[0]} (first run) to {times[-1]} (last)"
         else:
             record[key] = by_run({run: s["environment"].get(key, "not recorded") for run, s in summaries.items()})
     facts = {

@@ -85,6 +85,9 @@ for placement in ("GPU", "host"):
         print("   ", message)
 PYTHON
 
+# The check's runs and reports go to a folder of its own: a rehearsal must not replace the checkout's runs/.
+work=$(mktemp -d)
+run_args+=("runs_dir=$work/runs" "reports_dir=$work/reports")
 start=$SECONDS
 status=0
 limit=$((BUDGET_S - SECONDS - 15))  # 15 s left for the summary
@@ -96,17 +99,17 @@ else
   echo "run-all exited $status after $((SECONDS - start)) s (data already generated)" >> "$OUT/run_all.log"
 fi
 
-"$PY" - "$OUT/summary.json" <<'PYTHON'
+"$PY" - "$OUT/summary.json" "$work" <<'PYTHON'
 """The figures the closing note needs, from each run's result.json and the evaluation."""
 import json, sys
 from pathlib import Path
 
-summary = {}
-for result in sorted(Path("runs").glob("*/result.json")):
+summary, work = {}, Path(sys.argv[2])
+for result in sorted((work / "runs").glob("*/result.json")):
     r = json.loads(result.read_text())
     summary[r["run"]] = {k: r.get(k) for k in ("epochs", "n_train", "n_valid", "elapsed_s", "train_images_per_s", "final_valid_accuracy",
                                                 "best_valid_accuracy", "best_epoch", "speed_settings", "input_path", "profile")}
-evaluation = Path("reports/evaluation.json")
+evaluation = work / "reports" / "evaluation.json"
 if evaluation.is_file():
     scores = json.loads(evaluation.read_text())
     summary["evaluation"] = {"final_run": scores.get("metrics"), "every_run": scores.get("runs")}

@@ -75,7 +75,7 @@ def test_unknown_and_mistyped_parameters_fail_by_name():
     assert run_config("baseline", profile="quick", model="small", tile_size=32).crop_size == 0, "another model: 0 follows its tile"
     with pytest.raises(ValueError, match=r"crop_size=50 is larger than tile_size=32 for resnet50-10ep: set crop_size to at most 32 "
                                          r"\(crop_size=0 follows the tile: 25\), or tile_size to at least 50"):
-        run_config("resnet50-10ep", profile="quick", tile_size=32)  # the quick profile's crop, the user's tile
+        run_config("resnet50-10ep", profile="quick", tile_size=32, crop_size=50)
     with pytest.raises(ValueError, match=r"tile_size=4 must be 0 \(the data set's own\) or at least 16 pixels"):
         run_config("resnet50-10ep", profile="quick", tile_size=4)  # the tile named, not the crop it makes look too large
     with pytest.raises(KeyError, match="unknown run 'resnet18'"):

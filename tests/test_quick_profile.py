@@ -7,6 +7,7 @@ import pytest
 
 from lib import registry
 from lib.config import run_config
+from lib.data import crop_for
 
 DEFAULT_LABELLED = 4096  # the default data set's labelled tiles (lib/synthetic.py)
 
@@ -28,9 +29,9 @@ def test_the_quick_resnet50_runs_keep_the_originals_relation():
     assert quick[0].epochs < quick[1].epochs < quick[2].epochs, "the shortest; longer; the longest"
     assert [c.scheduler for c in quick] == [c.scheduler for c in full] == ["none", "plateau", "plateau"]
     assert all(c.augment and c.crop_size <= c.tile_size for c in quick)
-    for run in resnets:  # a quick tile size comes with its crop, so that it holds whatever tile_size's default means
-        table = registry.run_entry(run).get("quick", {})
-        assert ("tile_size" in table) == ("crop_size" in table), run
+    # The crop follows the tile (the original's 200 of 256), so a user's TILE_SIZE=96 crops 75, as the README says.
+    assert [crop_for(c.tile_size, c.crop_size) for c in quick] == [50] * 3
+    assert {crop_for(96, run_config(run, profile="quick", tile_size=96).crop_size) for run in resnets} == {75}
 
 
 def test_quick_resnet50_runs_take_imagenet_weights_when_present_like_the_full_ones(tmp_path):

@@ -4,6 +4,7 @@ one-class predictor named, the submission's form said, and what the quick runs s
 import numpy as np
 
 from lib import registry, results
+from lib.config import run_config
 from lib.evaluate import score_predictions
 from lib.run_folder import RunResult
 
@@ -111,7 +112,7 @@ def test_summary_and_environment_describe_every_run_not_the_final_one_alone():
     table = results.environment_table(runs)["value"]
     assert table["training / validation tiles"] == f"baseline: 3686 / 410; {resnets}: 512 / 130"
     assert table["device"] == f"baseline: cuda; {resnets}: cpu" and table["cpu"] == "2 cores", "shared facts once"
-    assert table["recorded"] == "2026-01-01 10:00:00 UTC", "the span of the runs that recorded a time"
+    assert table["results saved"] == "2026-01-01 10:00:00 UTC", "when the runs that recorded a time saved their results"
     assert table["input notes, baseline"] == "tile_size 256: the data set's own" and table[f"input notes, {registry.final_run()}"] == "none"
     same = {run: _result(run) for run in registry.run_names()}
     assert "(training / validation tiles: 512 / 130)." in results.headline(same, _evaluation(final_zero=False))
@@ -119,11 +120,35 @@ def test_summary_and_environment_describe_every_run_not_the_final_one_alone():
     assert results.by_run({"a": 1, "b": 2, "c": 1}) == "a, c: 1; b: 2" and results.by_run({"a": 1, "b": 1}) == "1"
 
 
-def test_a_runs_figures_say_when_it_augmented_otherwise_than_the_original():
+def test_a_runs_figures_say_what_it_did_otherwise_than_the_original():
     runs = {run: _result(run) for run in registry.run_names()}
+    for run, r in runs.items():
+        r.config["batch_size"] = registry.run_parameters(run, "full")["batch_size"]
     assert results.run_figures(runs["baseline"]).startswith("Measured here: final valid acc 60.00 %")
-    runs["baseline"].config |= {"augment": True, "crop_size": 256}
+    runs["baseline"].config |= {"augment": True, "crop_size": 256, "lr": 1e-4, "batch_size": 32}
     assert results.run_figures(runs["baseline"]).startswith(
-        "Measured here (with rotation and flips, which the original's run did not have; see Deviations): final valid acc 60.00 %")
+        "Measured here (with rotation and flips, which the original's run did not have; learning rate 0.0001, the full profile's "
+        "0.001; batch 32, the full profile's 64; see Deviations): final valid acc 60.00 %")
     runs["resnet50-10ep"].config["augment"] = False
     assert results.run_figures(runs["resnet50-10ep"]).startswith("Measured here (without the original's augmentation; see Deviations):")
+
+
+def test_parameters_given_over_the_registry_are_named_and_a_broken_relation_is_not_claimed():
+    runs = {run: _result(run) for run in registry.run_names()}
+    for run, r in runs.items():  # as the registry's quick profile declares them
+        declared = run_config(run, profile="quick")
+        r.config |= {k: getattr(declared, k) for k in results.COMPARED_FIELDS} | {"tile_size": declared.tile_size or 256}
+        r.summary["epochs"] = declared.epochs
+    assert all(results.given_over_registry(r) == {} for r in runs.values())
+    evaluation = _evaluation(final_zero=False)
+    assert "(the registry's quick values); the ResNet50 runs keep the original's relation" in results.deviations(runs, evaluation)
+    assert "so they show the direction of its story" in results.quick_story(runs, evaluation)
+    for r in runs.values():  # make run-all EPOCHS=1
+        r.config["epochs"] = r.summary["epochs"] = 1
+    assert results.given_over_registry(runs["resnet50-10ep"]) == {"epochs": (3, 1)}
+    text = results.deviations(runs, evaluation)
+    assert "with parameters given over them: baseline: epochs 1 (registry: 12); resnet50-10ep: epochs 1 (registry: 3);" in text
+    assert "the ResNet50 runs do not keep the original's relation" in text and "runs keep the original's relation" not in text
+    story = results.quick_story(runs, evaluation)
+    assert "trained for 1, 1, 1 epochs, which does not keep the original's relation" in story and "so they show the direction" not in story
+    assert "so they cannot show the direction of its story" in story
