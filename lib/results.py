@@ -12,7 +12,7 @@ import json
 import pandas as pd
 
 from lib import registry
-from lib.config import ORIGINAL_CROP
+from lib.config import ORIGINAL_CROP, run_config
 from lib.evaluate import scores_text
 from lib.paths import resolve
 from lib.run_folder import RunFolder, RunResult
@@ -89,8 +89,8 @@ def run_figures(result: RunResult, evaluation: dict | None = None) -> str:
     changes = []  # the quick design's (or the user's) choices that the section's text, the original's story, does not say
     if c["augment"] != full["augment"]:
         changes.append("with rotation and flips, which the original's run did not have" if c["augment"] else "without the original's augmentation")
-    if c["lr"] != full["lr"]:
-        changes.append(f"learning rate {c['lr']:g}, the full profile's {full['lr']:g}")
+    if c["lr"] != _full_profile_lr(c):
+        changes.append(f"learning rate {c['lr']:g}, the full profile's {_full_profile_lr(c):g}")
     if c["batch_size"] != full["batch_size"]:
         changes.append(f"batch {c['batch_size']}, the full profile's {full['batch_size']}")
     text = f"Measured here ({'; '.join(changes)}; see Deviations): final valid acc" if changes else "Measured here: final valid acc"
@@ -253,8 +253,6 @@ def given_over_registry(result: RunResult) -> dict[str, tuple]:
     """The parameters a run trained with that differ from its registry profile's, {name: (registry's,
     used)}: what a user set (`make run-all EPOCHS=1`) over the registry. Tile and crop sizes count
     only where the registry fixes them (0 means "from the data", resolved when the run starts)."""
-    from lib.config import run_config
-
     c = result.config
     declared = run_config(c["run"], profile=result.summary["profile"])
     differ = {k: (getattr(declared, k), c[k]) for k in COMPARED_FIELDS if k in c and getattr(declared, k) != c[k]}
