@@ -25,6 +25,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MULTI_PAGES = ("refuse", "first", "largest")  # what to do with a file holding several images (multi-page TIFF, animated GIF)
 
 
+def original_crop(tile_size: int) -> int:
+    """The crop that follows a tile of `tile_size` pixels in the original's ratio (200 of 256; 75 of 96)."""
+    return round(tile_size * ORIGINAL_CROP[0] / ORIGINAL_CROP[1])
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything one training run takes: the one declaration of the workbook's run parameters.
@@ -293,7 +298,7 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter tile_size={config.tile_size} must be 0 (the data set's own) or at least 16 pixels")
     # crop_size against tile_size 0 is checked where the data's tile size is known (lib/data.py, crop_for).
     if config.augment and config.tile_size and config.crop_size > config.tile_size:
-        follows = round(config.tile_size * ORIGINAL_CROP[0] / ORIGINAL_CROP[1])
+        follows = original_crop(config.tile_size)
         raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size} for {config.run}: set "
                          f"crop_size to at most {config.tile_size} (crop_size=0 follows the tile: {follows}), or tile_size to at "
                          f"least {config.crop_size}")  # fmt: skip

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from lib.augment import augment_batch
-from lib.config import MULTI_PAGES, ORIGINAL_CROP
+from lib.config import MULTI_PAGES, original_crop
 from lib.layouts import LAYOUTS, H5Tile, LayoutError, TileIndex, TileSource, read_layout  # noqa: F401  (the data API)
 from lib.paths import TILE_CACHE_DIR
 
@@ -678,7 +678,7 @@ def crop_for(tile_size: int, crop_size: int = 0, model_input: int | None = None)
     to the tile (75 of 96), or, for a network with a fixed input side `model_input` (the baseline
     CNN's 256), the whole tile: augmenting it rotates and flips without cropping. Raises ValueError,
     naming the parameter, when the crop is larger than the tile."""
-    follows = tile_size if model_input else round(tile_size * ORIGINAL_CROP[0] / ORIGINAL_CROP[1])
+    follows = tile_size if model_input else original_crop(tile_size)
     if crop_size > tile_size:
         raise ValueError(f"parameter crop_size={crop_size} is larger than the {tile_size}x{tile_size} tiles: set crop_size to at "
                          f"most {tile_size} (0 follows the tile: {follows}), or tile_size to at least {crop_size}")  # fmt: skip
