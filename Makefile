@@ -52,11 +52,11 @@ tensorboard: venv
 	$(PY) -m tensorboard.main --logdir runs --host 127.0.0.1
 
 bench: venv
-	$(PY) -m lib.bench
+	$(PY) -m lib.bench.throughput
 
 # Minutes to an hour on 2 cores at the full sizes; the generated sets are removed as each size ends.
 bench-scale: venv
-	$(PY) -m lib.bench_scale $(if $(SIZES),--sizes $(SIZES))
+	$(PY) -m lib.bench.scale $(if $(SIZES),--sizes $(SIZES))
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -296,7 +296,7 @@ def _validate(config: RunConfig) -> None:
                          "or augment=False")  # fmt: skip
     if 0 < config.tile_size < 16 or config.tile_size < 0:  # before the crop, which a bad tile size makes look wrong
         raise ValueError(f"parameter tile_size={config.tile_size} must be 0 (the data set's own) or at least 16 pixels")
-    # crop_size against tile_size 0 is checked where the data's tile size is known (lib/data.py, crop_for).
+    # crop_size against tile_size 0 is checked where the data's tile size is known (lib/data/, crop_for).
     if config.augment and config.tile_size and config.crop_size > config.tile_size:
         follows = original_crop(config.tile_size)
         raise ValueError(f"parameter crop_size={config.crop_size} is larger than tile_size={config.tile_size} for {config.run}: set "

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.config import BASELINE_TILE
-from lib.run_folder import RunFolder
 from lib.weights import imagenet_cache_file, load_resnet50_weights
 
 
@@ -120,19 +119,3 @@ def build_model(config) -> tuple[nn.Module, WeightsOutcome]:
     if config.model == "small":
         return SmallCNN(), WeightsOutcome(False, "not applicable", "")
     return build_resnet50(config.head, config.weights, config.weights_path, config.weights_strict)
-
-
-# ResNet50 has 53 convolutions; these show the stem and one 3x3 layer per stage.
-RESNET50_SHOWN_LAYERS = ("conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2")
-
-
-def filters_before_after(run_dir: str | Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(layer name, weights before training, weights after the last epoch) for the filter figures:
-    every convolution of the small networks, the stem and one 3x3 layer per stage of ResNet50.
-    Each weight is (out_channels, in_channels, k, k) float32, read from the run's initial.pt and last.pt."""
-    folder = RunFolder(run_dir)
-    before, after = folder.load_checkpoint("initial")["model"], folder.load_checkpoint("last")["model"]
-    names = [k.removesuffix(".weight") for k, v in before.items() if k.endswith(".weight") and v.dim() == 4]
-    if len(names) > len(RESNET50_SHOWN_LAYERS):
-        names = [n for n in names if n in RESNET50_SHOWN_LAYERS]
-    return [(name, before[name + ".weight"], after[name + ".weight"]) for name in names]

@@ -268,7 +268,7 @@ def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: 
 def ensure_data(data_dir: Path) -> None:
     """Generate the embedded default set when it is the one asked for; never touch user data."""
     if data_dir == DEFAULT_DATA_DIR:
-        from lib.synthetic import generate
+        from lib.data.synthetic import generate
 
         start = time.perf_counter()
         generate(data_dir)
@@ -293,7 +293,7 @@ def preflight(configs) -> dict[str, list | None]:
     read and checked as the run will read it). Returns, per run, the weights file's identity
     (path, size, time) for the run's fingerprint: a file that appears or changes reruns the run."""
     from lib.models import build_resnet50
-    from lib.speed import resolve_device
+    from lib.training.speed import resolve_device
     from lib.weights import imagenet_cache_file
 
     identities, checked = {}, set()
@@ -315,7 +315,7 @@ def resume_hint(config, settings: dict | None = None) -> str:
     """What to do after a run notebook failed or was stopped: when its folder holds a last.pt of an
     unfinished run, the make command that continues it, with the parameters this one was given
     (`settings`, by field or option name), else ""."""
-    from lib.run_folder import RunFolder
+    from lib.training.run_folder import RunFolder
 
     folder = RunFolder(config.run_dir)
     if config.resume or not folder.checkpoint_file("last").is_file() or folder.has_result():
@@ -352,7 +352,7 @@ def run_all(settings: dict | None = None) -> None:
     before the first notebook starts, and the data set's layout is read, so a bad parameter or data
     set fails at once."""
     from lib.data import read_run_layout
-    from lib.run_folder import RunFolder
+    from lib.training.run_folder import RunFolder
 
     parameters, options = checked_settings(settings or {})
     runs = _selected_runs(options)
@@ -398,7 +398,7 @@ def run_all(settings: dict | None = None) -> None:
 
 def report(settings: dict | None = None) -> Path:
     """Execute the report notebook over the runs' saved results and render HTML (and PDF)."""
-    from lib.report import render_html, render_pdf
+    from lib.report.render import render_html, render_pdf
 
     settings = dict(settings or {})
     unknown = sorted(set(settings) - {"runs_dir", "reports_dir"})

@@ -44,11 +44,11 @@ plain() { tr '\r' '\n' | sed -E 's/\x1b\[[0-9;]*[A-Za-z]//g' | grep -v -E '(it/s
 } > "$OUT/device.txt" 2>&1
 
 start=$SECONDS
-"$PY" -c 'from lib.paths import DEFAULT_DATA_DIR; from lib.synthetic import ensure_default; ensure_default(DEFAULT_DATA_DIR)' 2>&1 | plain > "$OUT/data.log"
+"$PY" -c 'from lib.paths import DEFAULT_DATA_DIR; from lib.data.synthetic import ensure_default; ensure_default(DEFAULT_DATA_DIR)' 2>&1 | plain > "$OUT/data.log"
 echo "data generated in $((SECONDS - start)) s" >> "$OUT/data.log"
 
 start=$SECONDS
-timeout 150 "$PY" -m lib.bench "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log" || true
+timeout 150 "$PY" -m lib.bench.throughput "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log" || true
 echo "bench finished in $((SECONDS - start)) s" >> "$OUT/bench.log"
 
 # How often the training loop makes the host wait for the GPU (torch's sync debug mode): about once
@@ -59,8 +59,8 @@ import sys, warnings
 import torch
 from lib.data import TileBatches
 from lib.models import build_resnet50
-from lib.speed import prepare_model, speed_settings
-from lib.train import train_one_epoch
+from lib.training.speed import prepare_model, speed_settings
+from lib.training.loop import train_one_epoch
 
 if not torch.cuda.is_available():
     sys.exit("sync check: no CUDA device here; skipped")

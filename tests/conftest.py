@@ -19,8 +19,8 @@ atexit.register(shutil.rmtree, os.environ["HISTO_TILE_CACHE"], ignore_errors=Tru
 sys.path.insert(0, str(PROJECT_ROOT))  # so that `import lib` works however pytest is started
 
 from lib import pipeline  # noqa: E402
-from lib.report import render_html  # noqa: E402
-from lib.synthetic import SyntheticSpec, generate  # noqa: E402
+from lib.report.render import render_html  # noqa: E402
+from lib.data.synthetic import SyntheticSpec, generate  # noqa: E402
 
 TINY_SPEC = SyntheticSpec(n_train=96, n_test=24, seed=11)
 SEED_EPOCHS = PROJECT_ROOT.parent / "shared" / "seed" / "reported_epochs.csv"

@@ -5,7 +5,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from lib.augment import MAX_DEGREES, AugmentParams, augment_batch, draw_params
+from lib.data.augment import MAX_DEGREES, AugmentParams, augment_batch, draw_params
 from lib.data import decode_tiles, read_layout
 
 

@@ -2,7 +2,7 @@
 
 import json
 
-from lib import bench
+from lib.bench import throughput as bench
 
 RECORD_KEYS = {"model", "device", "precision", "seed_style", "workbook", "model_only", "workbook_vs_seed",
                "workbook_vs_limit", "peak_host_mb", "peak_gpu_mb"}  # fmt: skip

@@ -3,7 +3,7 @@ generated. Its figures are printed, never asserted."""
 
 import json
 
-from lib import bench_scale
+from lib.bench import scale as bench_scale
 
 
 def test_bench_scale_measures_each_size_and_form_and_cleans_up(tmp_path, capsys):

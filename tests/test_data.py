@@ -12,7 +12,7 @@ from PIL import Image
 from lib.config import run_config
 from lib.data import (BadImagesError, streamed, FileTileDataset, TileBatches, decode_tiles, grouped_split, load_tile_set, make_loader, make_split,
                       read_layout, seeded_split)  # fmt: skip
-from lib.train import fit
+from lib.training.loop import fit
 from tests.helpers import class_folders, write_tile
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lib.evaluate import TilePredictions, first_five_line, score_test_predictions, write_submission
+from lib.report.evaluate import TilePredictions, first_five_line, score_test_predictions, write_submission
 
 
 def test_submission_has_the_original_format(tmp_path):
@@ -25,9 +25,9 @@ def test_scores_from_known_labels():
 
 def test_a_data_set_without_test_tiles_is_scored_on_the_validation_split_and_says_so(tmp_path):
     from lib.config import run_config
-    from lib.evaluate import predict_test_tiles, save_evaluation
-    from lib.results import decode_test_tiles, load_evaluation, submission_head
-    from lib.train import fit
+    from lib.report.evaluate import predict_test_tiles, save_evaluation
+    from lib.report.results import decode_test_tiles, load_evaluation, submission_head
+    from lib.training.loop import fit
     from tests.helpers import class_folders
 
     root = class_folders(tmp_path / "classes", {"benign": 20, "tumour": 20})

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib.data import load_tile_set, make_split
-from lib.layouts import LayoutError, class_meaning, read_layout
+from lib.data.layouts import LayoutError, class_meaning, read_layout
 from tests.helpers import LC25000_CLASSES, breakhis_tree, class_folders, lc25000_tree, write_tile
 
 

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from lib.layouts import LayoutError, read_layout
+from lib.data.layouts import LayoutError, read_layout
 from tests.helpers import write_tile
 
 # How spreadsheets save a table: Excel's "Unicode Text" (UTF-16 with BOM, tabs, CRLF), "CSV UTF-8"

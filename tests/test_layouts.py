@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lib.data import decode_tiles
-from lib.layouts import LayoutError, read_layout
+from lib.data.layouts import LayoutError, read_layout
 from tests.helpers import class_folders, write_tile
 
 

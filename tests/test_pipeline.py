@@ -10,7 +10,7 @@ import torchvision
 
 from lib import pipeline, registry
 from lib.config import ParameterError, run_config
-from lib.layouts import read_layout
+from lib.data.layouts import read_layout
 
 
 def test_make_command_line_is_read_from_makeflags_with_spaces_and_backslashes():

@@ -9,14 +9,14 @@ from lib import registry
 from lib.config import run_config
 from lib.data import crop_for
 
-DEFAULT_LABELLED = 4096  # the default data set's labelled tiles (lib/synthetic.py)
+DEFAULT_LABELLED = 4096  # the default data set's labelled tiles (lib/data/synthetic.py)
 
 
 @pytest.mark.parametrize("run", registry.run_names())
 def test_every_quick_run_scores_at_least_128_validation_tiles_each_epoch(run):
     config = run_config(run, profile="quick")
     tiles = config.subset or DEFAULT_LABELLED
-    n_valid = tiles - math.floor((1 - config.valid_fraction) * tiles)  # lib/data.py's seeded_split
+    n_valid = tiles - math.floor((1 - config.valid_fraction) * tiles)  # lib/data/'s seeded_split
     scored = n_valid // config.batch_size * config.batch_size  # drop_last, as the original
     assert scored >= 128, (run, n_valid, config.batch_size)
 

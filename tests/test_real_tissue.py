@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lib.config import run_config
-from lib.train import fit
+from lib.training.loop import fit
 
 LC25000 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "lc25000-colon-2k"
 

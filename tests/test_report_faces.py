@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib.report import CHROMIUM_ARGS, find_chromium, render_pdf
+from lib.report.render import CHROMIUM_ARGS, find_chromium, render_pdf
 
 SECTIONS = ("Summary", "The runs", "Reported by the original versus measured here", "What the networks learned",
             "Evaluation on the test tiles", "Environment and provenance", "Deviations from the original")  # fmt: skip
@@ -67,7 +67,7 @@ def test_printed_text_outputs_may_break_and_figures_may_not(executed_workbook, c
 
 
 def test_without_chromium_the_message_says_how_to_get_the_pdf(executed_workbook, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("lib.report.find_chromium", lambda: None)
+    monkeypatch.setattr("lib.report.render.find_chromium", lambda: None)
     assert render_pdf(executed_workbook / "reports" / "executed" / "06_report.ipynb", tmp_path / "report.pdf") is None
     out = capsys.readouterr().out
     assert "apt-get install chromium" in out and "playwright install chromium" in out

@@ -3,10 +3,11 @@ one-class predictor named, the submission's form said, and what the quick runs s
 
 import numpy as np
 
-from lib import registry, results
+from lib import registry
+from lib.report import results
 from lib.config import run_config
-from lib.evaluate import score_predictions
-from lib.run_folder import RunResult
+from lib.metrics import score_predictions
+from lib.training.run_folder import RunResult
 
 
 def _result(run: str, profile: str = "quick", pretrained: bool = False, tile: int = 96) -> RunResult:
@@ -15,7 +16,7 @@ def _result(run: str, profile: str = "quick", pretrained: bool = False, tile: in
         "run": run, "title": run, "profile": profile, "profile_reason": f"profile {profile!r} asked for", "epochs": 3,
         "final_valid_accuracy": 0.6, "best_valid_accuracy": 0.7, "best_epoch": 1, "elapsed_s": 61.0, "train_images_per_s": 12.5,
         "n_train": 512, "n_valid": 130, "n_valid_scored": 128, "valid_majority_rate": 0.53125, "valid_class_counts": [68, 60],
-        "n_labelled": 4096, "data_origin": "generated (lib/synthetic.py)", "data_dir": "/d", "split": "random",
+        "n_labelled": 4096, "data_origin": "generated (lib/data/synthetic.py)", "data_dir": "/d", "split": "random",
         "environment": {"device": "cpu", "gpu": "none", "cpu": "2 cores"},
         "weights": {"pretrained": pretrained, "source": "/w.pth" if pretrained else "not found", "notice": "", "notes": ""},
     }  # fmt: skip

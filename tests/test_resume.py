@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lib.config import run_config
-from lib.train import fit
+from lib.training.loop import fit
 
 from tests.conftest import PROJECT_ROOT
 
@@ -21,7 +21,7 @@ TINY = {"profile": "quick", "epochs": 3, "batch_size": 8, "subset": 0, "device":
 
 def _train_in_subprocess(data_dir, runs_dir, **overrides) -> subprocess.Popen:
     code = (
-        "from lib.config import run_config; from lib.train import fit; "
+        "from lib.config import run_config; from lib.training.loop import fit; "
         f"fit(run_config('baseline', data_dir={str(data_dir)!r}, runs_dir={str(runs_dir)!r}, **{TINY | overrides!r}))"
     )
     return subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -60,10 +60,10 @@ def test_killed_mid_epoch_then_resumed_ends_bit_for_bit(tiny_data, tmp_path, com
 def test_last_checkpoint_after_the_first_epoch_then_at_most_every_interval_and_the_last(
     tiny_data, tmp_path, monkeypatch, checkpoint_every_s, saved_epochs
 ):
-    import lib.run_folder
+    import lib.training.run_folder
 
-    saved, save = [], lib.run_folder.save_atomically
-    monkeypatch.setattr(lib.run_folder, "save_atomically", lambda obj, path: (path.name == "last.pt" and saved.append(obj["epoch"]), save(obj, path)))
+    saved, save = [], lib.training.run_folder.save_atomically
+    monkeypatch.setattr(lib.training.run_folder, "save_atomically", lambda obj, path: (path.name == "last.pt" and saved.append(obj["epoch"]), save(obj, path)))
     fit(run_config("baseline", data_dir=str(tiny_data), runs_dir=str(tmp_path), checkpoint_every_s=checkpoint_every_s, **TINY))
     assert saved == saved_epochs
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import lib.data as data
+import lib.data.cache as cache
 from lib import registry
-from lib.bench_scale import write_pcam_folder, write_pcam_h5
+from lib.bench.scale import write_pcam_folder, write_pcam_h5
 from lib.config import run_config
 from lib.data import PROCESS_DECODE_MIN, TileBatches, crop_for, decode_tiles, load_tile_set, make_split, read_layout
-from lib.evaluate import predict_test_tiles
-from lib.train import fit
+from lib.report.evaluate import predict_test_tiles
+from lib.training.loop import fit
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,13 @@ def test_registry_runs_take_96_pixel_tiles_the_baseline_resizing_and_saying_so(p
 
 def test_subset_is_drawn_before_decoding(pcam96, tmp_path, monkeypatch):
     decoded = []
-    real_decode_tile = data.decode_tile
+    real_decode_tile = cache.decode_tile
 
     def counting(source, size, multi_page="refuse"):
         decoded.append(source)
         return real_decode_tile(source, size, multi_page)
 
-    monkeypatch.setattr(data, "decode_tile", counting)  # below PROCESS_DECODE_MIN tiles, decoding runs in this process
+    monkeypatch.setattr(cache, "decode_tile", counting)  # below PROCESS_DECODE_MIN tiles, decoding runs in this process
     index = read_layout(pcam96)
     tile_set = load_tile_set(index, 0, cache_dir=tmp_path, subset=30, seed=4)
     assert len(decoded) == 30 and tile_set.n_kept == 30 and "only those are decoded" in tile_set.notes[1]
@@ -120,7 +120,7 @@ def test_batches_read_the_memory_mapped_cache_without_a_copy_of_it(tmp_path):
     assert grown < 0.5 * cache_bytes / 2**20, f"anonymous memory grew {grown:.0f} MiB for a {cache_bytes / 2**20:.0f} MiB cache"
     # Decoded in worker processes, written straight into the cache: the same pixels as decoding here.
     for row in (0, n // 2, n - 1):
-        tile, _, _, _ = data.decode_tile(index.train_paths[row], 96)
+        tile, _, _, _ = cache.decode_tile(index.train_paths[row], 96)
         assert np.array_equal(tile_set.tiles[row].numpy(), tile.transpose(2, 0, 1))
 
 

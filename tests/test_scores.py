@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from lib.evaluate import (TilePredictions, class_counts, evaluate_runs, majority_rate, one_class_flag, score_predictions,
-                          score_test_predictions, scores_text, submission_form, write_submission_file)  # fmt: skip
-from lib.layouts import LayoutError
+from lib.metrics import class_counts, majority_rate, one_class_flag, score_predictions, scores_text
+from lib.report.evaluate import TilePredictions, evaluate_runs, score_test_predictions, submission_form, write_submission_file
+from lib.data.layouts import LayoutError
 from tests.helpers import write_tile
 
 
@@ -101,7 +101,7 @@ def kaggle_pcam(tmp_path_factory):
 
 def test_kaggle_pcam_gets_every_run_scored_on_its_validation_split_and_an_id_label_submission(kaggle_pcam, tmp_path, capsys):
     from lib.config import run_config
-    from lib.train import fit
+    from lib.training.loop import fit
 
     root, order = kaggle_pcam
     config = run_config("baseline", profile="quick", data_dir=str(root), runs_dir=str(tmp_path / "runs"), model="small", tile_size=32,
@@ -136,7 +136,7 @@ def test_kaggle_pcam_gets_every_run_scored_on_its_validation_split_and_an_id_lab
 
 
 def test_save_evaluation_keeps_every_run_and_the_submission_record(tmp_path):
-    from lib.evaluate import RunEvaluation, save_evaluation
+    from lib.report.evaluate import RunEvaluation, save_evaluation
 
     labels = np.array([0, 0, 0, 1])
     scored = TilePredictions(["1", "2", "3", "4"], np.zeros(4, dtype=np.int64), np.array([0.1, 0.2, 0.3, 0.4]), labels, "r/best.pt", 2, "test")

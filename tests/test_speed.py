@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from lib import speed
-from lib.speed import ORIGINAL, describe, host_memory, speed_settings
+from lib.training import speed
+from lib.training.speed import ORIGINAL, describe, host_memory, speed_settings
 
 
 class _MallInfo2(ctypes.Structure):

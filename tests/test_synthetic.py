@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from scipy import ndimage
 
-from lib.synthetic import EOSIN_OD, HAEMATOXYLIN_OD, SyntheticSpec, generate, render_split, render_tile, tile_rng
+from lib.data.synthetic import EOSIN_OD, HAEMATOXYLIN_OD, SyntheticSpec, generate, render_split, render_tile, tile_rng
 
 
 def _nuclear_features(tile: np.ndarray) -> list[float]:

@@ -12,8 +12,8 @@ from lib.config import run_config
 from lib.data import decode_tiles, read_layout
 from lib.models import BaselineCNN
 from lib.models import predicted_labels
-from lib.run_folder import RunFolder
-from lib.train import fit, log_line, train_one_epoch
+from lib.training.run_folder import RunFolder
+from lib.training.loop import fit, log_line, train_one_epoch
 
 
 def test_a_few_steps_lower_the_loss(tiny_data):

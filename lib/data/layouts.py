@@ -301,7 +301,7 @@ def _test_part(data_dir: Path, ignored: list[str]) -> tuple[list[str], list[Tile
 
 
 def _origin(data_dir: Path) -> str:
-    return "generated (lib/synthetic.py)" if (data_dir / "DATASET.json").exists() else f"user data at {data_dir}"
+    return "generated (lib/data/synthetic.py)" if (data_dir / "DATASET.json").exists() else f"user data at {data_dir}"
 
 
 def _read_position_layout(data_dir: Path, layout: str, label_name: str) -> TileIndex:

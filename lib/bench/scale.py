@@ -9,7 +9,7 @@ reports the process's peak resident memory. Then the growth from one size to the
 Writes reports/bench_scale.json. Measured, never asserted: the machine is shared. The generated
 sets and their caches live under --work and are removed as each size ends.
 
-    python -m lib.bench_scale [--sizes 20000,60000,220025] [--forms h5,folder] [--out reports/bench_scale.json]
+    python -m lib.bench.scale [--sizes 20000,60000,220025] [--forms h5,folder] [--out reports/bench_scale.json]
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def measure(data_dir: Path, work: Path, batch_size: int, train: bool) -> dict:
 
     from lib.config import run_config
     from lib.data import load_tile_set, read_layout
-    from lib.train import fit
+    from lib.training.loop import fit
 
     memory = _PeakMemory()
     record = {"threads": torch.get_num_threads(), "cpus": os.cpu_count()}
@@ -186,7 +186,7 @@ def run_sizes(sizes: list[int], forms: list[str], epoch_forms: list[str], batch_
                 data_dir = write_pcam_h5(work / "data", size) if form == "h5" else write_pcam_folder(work / "data", size)
                 generated_s = time.perf_counter() - start
                 print(f"bench-scale: {size} tiles as {form}: generated in {generated_s:.0f} s; measuring in a fresh process ...", flush=True)
-                child = subprocess.run([sys.executable, "-m", "lib.bench_scale", "--child", str(data_dir), "--work", str(work),
+                child = subprocess.run([sys.executable, "-m", "lib.bench.scale", "--child", str(data_dir), "--work", str(work),
                                         "--batch-size", str(batch_size)] + (["--train"] if form in epoch_forms else []),
                                        cwd=PROJECT_ROOT, capture_output=True, text=True)  # fmt: skip
                 if child.returncode != 0:
@@ -205,7 +205,7 @@ def run_sizes(sizes: list[int], forms: list[str], epoch_forms: list[str], batch_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.bench_scale", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib.bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="20000,60000,220025", help="labelled tiles per generated set, comma-separated")
     parser.add_argument("--forms", default="h5,folder", help="h5 (the original release), folder (Kaggle's .tif files), or both")
     parser.add_argument("--epoch-forms", default=None, help="forms that also train an epoch (default: every form)")
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         records = run_sizes(sizes, forms, epoch_forms, args.batch_size, work_root)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
-    from lib.environment import cpu_name
+    from lib.training.environment import cpu_name
 
     summary = {"machine": f"{cpu_name()}, {os.cpu_count()} cores", "sizes": sizes, "records": records, "growth": {}}
     print("bench-scale: growth per tile from one size to the next (1.0 = linear cost)")

@@ -1,12 +1,16 @@
-"""What a trained network looks at: feature maps of the baseline, Grad-CAM for ResNet50."""
+"""What a trained network learned and looks at: its filters before and after training, feature maps
+of the baseline, Grad-CAM for ResNet50."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lib.models import BaselineCNN
+from lib.training.run_folder import RunFolder
 
 
 @torch.inference_mode()
@@ -49,3 +53,19 @@ def grad_cam(model: nn.Module, tiles: torch.Tensor, target_layer: nn.Module, cla
     cam = F.interpolate(cam, size=tiles.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(dim=1).values.clamp_min(1e-12)
     return (cam / peak.view(-1, 1, 1)).detach()
+
+
+# ResNet50 has 53 convolutions; these show the stem and one 3x3 layer per stage.
+RESNET50_SHOWN_LAYERS = ("conv1", "layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2", "layer4.0.conv2")
+
+
+def filters_before_after(run_dir: str | Path) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(layer name, weights before training, weights after the last epoch) for the filter figures:
+    every convolution of the small networks, the stem and one 3x3 layer per stage of ResNet50.
+    Each weight is (out_channels, in_channels, k, k) float32, read from the run's initial.pt and last.pt."""
+    folder = RunFolder(run_dir)
+    before, after = folder.load_checkpoint("initial")["model"], folder.load_checkpoint("last")["model"]
+    names = [k.removesuffix(".weight") for k, v in before.items() if k.endswith(".weight") and v.dim() == 4]
+    if len(names) > len(RESNET50_SHOWN_LAYERS):
+        names = [n for n in names if n in RESNET50_SHOWN_LAYERS]
+    return [(name, before[name + ".weight"], after[name + ".weight"]) for name in names]

@@ -13,9 +13,9 @@ import pandas as pd
 
 from lib import registry
 from lib.config import ORIGINAL_CROP, run_config
-from lib.evaluate import scores_text
+from lib.metrics import scores_text
 from lib.paths import resolve
-from lib.run_folder import RunFolder, RunResult
+from lib.training.run_folder import RunFolder, RunResult
 
 
 NBSP = "\u00a0"  # a space a table cell does not break at ("3 min 30 s" on one line)
@@ -386,7 +386,7 @@ def deviations(results: dict[str, RunResult], evaluation: dict | None = None) ->
                      + (f" ({'; '.join(notes)})" if notes else "") + "; the original started from torchvision's ImageNet weights.")  # fmt: skip
     if "generated" in final["data_origin"]:
         items.append("- **Data:** the course data is not public; these runs use the generated H&E-like tile set "
-                     "(lib/synthetic.py), in the course layout and sizes. Its figures are not comparable one to one with the original's.")  # fmt: skip
+                     "(lib/data/synthetic.py), in the course layout and sizes. Its figures are not comparable one to one with the original's.")  # fmt: skip
     else:
         items.append(f"- **Data:** {final['data_origin']}.")
     full = {run: registry.run_parameters(run, "full") for run in results}

@@ -10,7 +10,7 @@
 for the baseline CNN and ResNet50, on the CPU and on CUDA when present. Prints b/a and b/c, peak
 memory and the device; writes reports/bench.json. Measured, never asserted: these machines are shared.
 
-    python -m lib.bench [--steps N] [--out reports/bench.json]
+    python -m lib.bench.throughput [--steps N] [--out reports/bench.json]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from lib.data import FileTileDataset, TileBatches, decode_tiles, original_augmentation, read_layout
 from lib.models import BaselineCNN, build_resnet50
 from lib.paths import DEFAULT_DATA_DIR, REPORTS_DIR
-from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, speed_settings
-from lib.train import train_one_epoch
+from lib.training.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, speed_settings
+from lib.training.loop import train_one_epoch
 
 
 @dataclass(frozen=True)
@@ -179,13 +179,13 @@ def measure(case: Case, device: torch.device, sources, labels, tiles_uint8, roun
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from lib.environment import cpu_name
+    from lib.training.environment import cpu_name
 
     return f"{cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib.bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA_DIR), help="tiles to read (default: the generated set)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default: per device)")
     parser.add_argument("--devices", default="auto", help="auto (cpu, and cuda when present), cpu or cuda")
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPORTS_DIR / "bench.json"))
     args = parser.parse_args(argv)
 
-    from lib.synthetic import ensure_default
+    from lib.data.synthetic import ensure_default
 
     ensure_default(args.data)
     devices = [torch.device("cpu")] if args.devices in ("auto", "cpu") else []

@@ -1,5 +1,5 @@
 """The training loop: `train_one_epoch`, `evaluate`, and `fit`, which trains one run in labelled
-stages (data, model, resume, loop, record) and writes its folder through lib/run_folder.py."""
+stages (data, model, resume, loop, record) and writes its folder through lib/training/run_folder.py."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from tqdm import tqdm
 
 from lib.config import RunConfig
 from lib.data import FileTileDataset, Split, TileBatches, TileSet, batch_plan, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
-from lib.environment import environment_record
-from lib.evaluate import class_counts, majority_rate
-from lib.layouts import TileIndex
+from lib.training.environment import environment_record
+from lib.metrics import class_counts, majority_rate
+from lib.data.layouts import TileIndex
 from lib.models import BaselineCNN, WeightsOutcome, build_model, predicted_labels
-from lib.run_folder import RunFolder, RunResult
-from lib.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
+from lib.training.run_folder import RunFolder, RunResult
+from lib.training.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
 
 def seed_everything(seed: int) -> None:
@@ -404,7 +404,7 @@ def record_result(config: RunConfig, folder: RunFolder, data: RunData, training:
 
 
 def fit(config: RunConfig) -> RunResult:
-    """Train one run end to end and write its folder, runs_dir/<run>/ (see lib/run_folder.py).
+    """Train one run end to end and write its folder, runs_dir/<run>/ (see lib/training/run_folder.py).
     Raises LayoutError/BadImagesError (data), FileNotFoundError/ValueError (weights, resume) and
     FloatingPointError (a non-finite loss), each naming the file, parameter or epoch and batch."""
     print(config.profile_reason)

@@ -1,0 +1,127 @@
+"""Batches for training and validation: the fast path cuts them from the decoded uint8 tiles and
+augments them on the device; the original's path decodes and transforms files one by one in a DataLoader."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from lib.data.augment import augment_batch
+from lib.data.decode import check_multi_page, open_tile
+from lib.data.layouts import TileSource
+
+def original_augmentation(crop_size: int) -> v2.Compose:
+    """The original's training transforms, on one uint8 tile at a time (each tile its own draw)."""
+    return v2.Compose([
+        v2.RandomRotation(45),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomCrop(crop_size),
+    ])  # fmt: skip
+
+
+class FileTileDataset(Dataset):
+    """The original's input path: each item opened and decoded from its file every epoch, its
+    transforms run on the PIL image, one image at a time, then ToTensor. For comparison, and for
+    data sets too large to keep decoded."""
+
+    def __init__(self, sources: list[TileSource], labels: torch.Tensor, size: int, transform=None, multi_page: str = "refuse"):
+        check_multi_page(multi_page)
+        self.multi_page = multi_page
+        self.sources, self.labels, self.size, self.transform = sources, labels, size, transform
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int):
+        image, _, _ = open_tile(self.sources[i], self.size, self.multi_page)
+        if self.transform is not None:
+            image = self.transform(image)
+        tile = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        return tile.float().div_(255), self.labels[i]  # ToTensor
+
+
+def batch_plan(n_tiles: int, batch_size: int, what: str) -> int:
+    """The batch size a side of the split really uses: `batch_size`, with the last partial batch
+    dropped as the original did, when at least one full batch exists; else all its tiles in one
+    smaller batch (said in the run's notes, Split.batch_notes). Raises ValueError for no tiles at all."""
+    if n_tiles < 1:
+        raise ValueError(f"the {what} set has no tiles; use more tiles (subset) or another valid_fraction")
+    return min(batch_size, n_tiles)
+
+
+class TileBatches:
+    """The fast input path: batches cut from decoded uint8 tiles with one index operation, moved to
+    the device as uint8 (a quarter of float's bytes), augmented there per image (lib/data/augment.py).
+    `tiles` is the whole (N, 3, H, W) tile set (over the memory-mapped cache) and `rows` the
+    positions this loader uses, so a split costs no copy. Tiles go to the GPU when they fit;
+    otherwise they stay where they are and each batch, once gathered, is pinned and streamed in.
+    Like the original's loader: reshuffled each epoch (seeded), the last partial batch dropped
+    (unless the rows hold less than one batch: then they are one smaller batch, see batch_plan)."""
+
+    def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+                 device: torch.device, crop_size: int | None, what: str, rows: np.ndarray | torch.Tensor | None = None):  # fmt: skip
+        rows = torch.arange(len(tiles)) if rows is None else torch.as_tensor(rows, dtype=torch.int64)
+        self.batch_size = batch_plan(len(rows), batch_size, what)
+        self.shuffle, self.device, self.crop_size = shuffle, device, crop_size
+        self.generator = torch.Generator().manual_seed(seed)  # the order's stream; saved and restored on resume
+        self.labels = labels[rows].to(device)
+        self.tiles, self.rows, self.placement = _place(tiles, rows, device)
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.batch_size
+
+    def __iter__(self):
+        n = len(self)
+        order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else torch.arange(len(self.labels))
+        order = order[: n * self.batch_size].view(n, self.batch_size)
+        # The epoch's order goes to the device in one copy: a copy per batch from ordinary host
+        # memory would make the host wait for the GPU's queue to drain, every batch.
+        order_on_device = order.to(self.device)
+        picked = self.rows[order_on_device if self.rows.device == order_on_device.device else order]
+        for batch in range(n):
+            tiles = self.tiles[picked[batch]]
+            if streamed(tiles.device, self.device):
+                # Streamed from host memory: the gathered batch is pinned so its copy runs beside
+                # the GPU's work instead of waiting for it.
+                tiles = tiles.pin_memory().to(self.device, non_blocking=True)
+            if self.crop_size is not None:
+                images = augment_batch(tiles, self.crop_size)
+            else:
+                images = tiles.float().div_(255)
+            yield images, self.labels[order_on_device[batch]]
+
+
+def streamed(tiles_device: torch.device, device: torch.device) -> bool:
+    """Whether batches gathered on `tiles_device` must be copied to `device` (host tiles, GPU training).
+    Compared by type, not with `!=`: torch.device("cuda") and a tensor's torch.device("cuda:0") are
+    unequal, and that once sent tiles already on the GPU to pin_memory(), which refuses them."""
+    return tiles_device.type == "cpu" and device.type != "cpu"
+
+
+def _place(tiles: torch.Tensor, rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Where the loader reads: (tiles, rows into them, in words). On a GPU with room to spare (half
+    its free memory) the rows' tiles are copied there, in blocks so that no host copy of them all is
+    made; otherwise they stay in host memory (each gathered batch is pinned on its way, see
+    __iter__; pinning the whole set would not help, as gathering rows copies them into ordinary
+    memory). On the CPU they stay where they are: over the memory-mapped cache, read as batches need them."""
+    tile_bytes = tiles[0].numel()
+    gib = len(rows) * tile_bytes / 2**30
+    if device.type != "cuda":
+        return tiles, rows, f"host memory ({gib:.2f} GiB of uint8 tiles, read from the cache as batches need them)"
+    free, _ = torch.cuda.mem_get_info(device)
+    if len(rows) * tile_bytes < free // 2:
+        on_device = torch.empty((len(rows), *tiles.shape[1:]), dtype=torch.uint8, device=device)
+        for start in range(0, len(rows), 4096):
+            on_device[start : start + 4096] = tiles[rows[start : start + 4096]].to(device)
+        return on_device, torch.arange(len(rows), device=device), f"GPU memory ({gib:.2f} GiB of uint8 tiles)"
+    return tiles, rows, f"host memory, streamed per batch through pinned copies ({gib:.2f} GiB would not fit beside the model)"
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, what: str, workers: int = 0) -> DataLoader:
+    """A loader with the original's drop_last; less than one full batch is one smaller batch (batch_plan)."""
+    batch_size = batch_plan(len(dataset), batch_size, what)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, generator=generator, num_workers=workers)

@@ -1,0 +1,384 @@
+"""The memory-mapped tile cache: each data set's tiles decoded once into one uint8 array per tile
+size under data/cache/, filled row by row as runs ask for rows, by threads or worker processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lib.data.decode import TILE_SIZE, BadImagesError, DecodeRecord, check_multi_page, decode_tile, source_signature
+from lib.data.layouts import H5Tile, TileSource
+from lib.paths import TILE_CACHE_DIR
+
+CACHE_VERSION = 3  # bump when decoding or the cache's files change, so that old caches are not reused (2: row-by-row cache; 3: EXIF orientation, >8-bit scaling, pages)
+
+
+# A tile's row in the cache: not decoded yet, decoded, or unreadable (its reason kept in the cache's meta).
+NOT_DECODED, DECODED, UNREADABLE = 0, 1, 2
+# Below this many tiles to decode, threads (no start-up cost); above it, one process per core: PIL's
+# TIFF and PNG readers parse headers in Python, under the GIL, so threads gain little on small files
+# (96x96 TIFFs on 2 cores: 2,800 tiles/s with threads, 11,800 with processes).
+PROCESS_DECODE_MIN = 2048
+_CHUNK = 256  # tiles per task handed to a worker process
+
+
+def _content_key(sources: list[TileSource], multi_page: str = "refuse") -> str:
+    """Identifies the data set's files and their content (sizes and times) and how files of several
+    images are read, whatever the tile size."""
+    digest = hashlib.sha256(repr((CACHE_VERSION, multi_page)).encode())
+    h5_stats: dict[Path, os.stat_result] = {}
+    for source in sources:
+        if isinstance(source, H5Tile):  # one stat per HDF5 file, not one per row
+            stat = h5_stats.get(source.file) or h5_stats.setdefault(source.file, os.stat(source.file))
+            signature = [str(source), stat.st_size, stat.st_mtime_ns]
+        else:
+            signature = source_signature(source)
+        digest.update(repr(signature).encode())
+    return digest.hexdigest()[:24]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Whole or absent: written to a temporary name, then renamed."""
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+# Set in each decoding process: the cache file it writes rows into, and where its rows begin (None when only checking).
+_worker_file: tuple[int, int] | None = None
+
+
+def _start_worker(data_file: str | None) -> None:
+    global _worker_file
+    if data_file:
+        # Rows are written with pwrite, not through a writable mapping: on a sparse file every
+        # first touch of a mapped page faults and allocates (measured: 30 % of the decode time).
+        _worker_file = (os.open(data_file, os.O_WRONLY), np.load(data_file, mmap_mode="r").offset)
+
+
+def _decode_chunk(chunk: list[tuple[int, str]], size: int, multi_page: str = "refuse") -> list[tuple[int, str, str, str, dict]]:
+    """In a worker process: decode files into the shared cache; (row, error, mode, "WxH", notes) for each."""
+    done = []
+    for row, path in chunk:
+        try:
+            tile, mode, shape, notes = decode_tile(Path(path), size, multi_page)
+        except Exception as error:  # PIL raises several types; every one means "not a usable image"
+            done.append((row, f"{type(error).__name__}: {error}", "", "", {}))
+            continue
+        if _worker_file is not None:
+            fd, offset = _worker_file
+            row_bytes = np.ascontiguousarray(tile.transpose(2, 0, 1))
+            os.pwrite(fd, row_bytes, offset + row * row_bytes.nbytes)
+        done.append((row, "", mode, shape, notes))
+    return done
+
+
+def _header_chunk(chunk: list[tuple[int, str]]) -> list[tuple[int, int, int, str]]:
+    """In a worker process: (row, width, height, mode) from each file's header (PIL opens lazily);
+    (row, -2, -2, "") when unreadable, left for decoding to report."""
+    return [_header(row, Path(path)) for row, path in chunk]
+
+
+def _header(row: int, source: TileSource) -> tuple[int, int, int, str]:
+    try:
+        with source.open("rb") as f, Image.open(f) as image:
+            return row, image.width, image.height, image.mode
+    except Exception:  # a broken file: decoding finds it again and lists it with its reason
+        return row, -2, -2, ""
+
+
+class TileCache:
+    """A data set's decoded tiles: for each size, one (N, 3, size, size) uint8 array whose row i is
+    sources[i], memory-mapped from `cache_dir/<key>-<size>.npy` (in memory without a cache_dir), and
+    filled row by row as runs ask for them, so a subset decodes only its own tiles; the file is
+    sparse until then. Per row it also keeps the state (NOT_DECODED, DECODED, UNREADABLE) and the
+    header (width, height, mode code; -1 not looked at yet). <key> covers every file's size and time:
+    a changed file gives a new cache, and the old one is removed."""
+
+    def __init__(self, sources: list[TileSource], cache_dir: str | Path | None, keep_tiles: bool = True, multi_page: str = "refuse"):
+        if not sources:
+            raise ValueError("no tiles to decode")
+        check_multi_page(multi_page)
+        self.sources, self.keep_tiles, self.multi_page = sources, keep_tiles, multi_page
+        self.cache_dir = Path(cache_dir) if cache_dir and keep_tiles else None
+        self.size, self.array, self.state, self.decoded_now = 0, None, None, 0
+        # "notes": per decoded row, what decoding did beyond resizing (EXIF orientation, bit depth, pages).
+        self.meta = {"first": str(sources[0]), "n": len(sources), "modes": [], "bad": {}, "notes": {}}
+        self.headers = np.full((len(sources), 3), -1, dtype=np.int32)
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self.key = _content_key(sources, multi_page)
+            meta_file, headers_file = self._file(".json"), self._file(".headers.npy")
+            if meta_file.is_file() and headers_file.is_file():
+                self.meta, self.headers = json.loads(meta_file.read_text()), np.load(headers_file)
+            else:
+                _forget_older_caches(self.cache_dir, self.meta["first"])
+                self._save_meta()
+
+    def _file(self, suffix: str, size: int = 0) -> Path:
+        return self.cache_dir / f"{self.key}{f'-{size}' if size else ''}{suffix}"
+
+    def _save_meta(self) -> None:
+        if self.cache_dir is not None:
+            _save_npy(self._file(".headers.npy"), self.headers)
+            tmp = self._file(".json.tmp")
+            tmp.write_text(json.dumps(self.meta))
+            os.replace(tmp, self._file(".json"))
+
+    def _mode_code(self, mode: str) -> int:
+        if mode not in self.meta["modes"]:
+            self.meta["modes"].append(mode)
+        return self.meta["modes"].index(mode)
+
+    def scan_headers(self, rows: np.ndarray) -> None:
+        """Width, height and mode of each of `rows` not looked at yet, from the file headers only."""
+        todo = rows[self.headers[rows, 0] == -1]
+        if not len(todo):
+            return
+        is_h5 = np.array([isinstance(self.sources[row], H5Tile) for row in todo], dtype=bool)
+        shapes = {}  # an HDF5 array's tiles share its shape: one look per file
+        for row in todo[is_h5]:
+            source = self.sources[row]
+            if source.file not in shapes:
+                shapes[source.file] = source.h5_dataset().shape
+            _, height, width, _ = shapes[source.file]
+            self.headers[row] = (width, height, self._mode_code("RGB"))
+        results = self._run(todo[~is_h5], None, "reading tile headers")
+        for row, width, height, mode in results:
+            self.headers[row] = (width, height, self._mode_code(mode) if mode else -2)
+        self._save_meta()
+
+    def native_size(self, rows: np.ndarray) -> tuple[int | None, str]:
+        """The side of the `rows`' tiles when all are square and alike (None otherwise), and their sizes in words."""
+        self.scan_headers(rows)
+        readable = self.headers[rows][self.headers[rows, 0] > 0]
+        if not len(readable):
+            return None, "unreadable"
+        shapes, counts = np.unique(readable[:, :2], axis=0, return_counts=True)
+        words = ", ".join(f"{n} of {w}x{h}" for (w, h), n in sorted(zip(map(tuple, shapes), counts), key=lambda x: -x[1])[:5])
+        if len(shapes) == 1 and shapes[0, 0] == shapes[0, 1]:
+            return int(shapes[0, 0]), f"{shapes[0, 0]}x{shapes[0, 1]}"
+        return None, words + (", ..." if len(shapes) > 5 else "")
+
+    def open_size(self, size: int) -> None:
+        """The array and row states for tiles of `size` pixels; a new cache file starts sparse."""
+        self.size, n = size, len(self.sources)
+        if self.cache_dir is None:
+            # np.zeros takes pages from the system as rows are written: untouched rows cost no memory.
+            self.array = np.zeros((n, 3, size, size), dtype=np.uint8) if self.keep_tiles else None
+            self.state = np.zeros(n, dtype=np.uint8)
+        else:
+            data_file, state_file = self._file(".npy", size), self._file(".state.npy", size)
+            if not (data_file.is_file() and state_file.is_file()):
+                tmp = data_file.with_name(data_file.name + ".tmp.npy")
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size)).flush()  # sparse: no row written yet
+                os.replace(tmp, data_file)
+                _save_npy(state_file, np.zeros(n, dtype=np.uint8))
+            self.array, self.state = np.load(data_file, mmap_mode="r+"), np.load(state_file)
+        for row in self.meta["bad"]:  # unreadable at one size is unreadable at every size
+            self.state[int(row)] = UNREADABLE
+
+    def decode(self, rows: np.ndarray, desc: str) -> None:
+        """Decode those of `rows` not decoded yet (PIL, in parallel; HDF5 rows in blocks)."""
+        todo = rows[self.state[rows] == NOT_DECODED]
+        self.decoded_now = len(todo)
+        if not len(todo):
+            return
+        if self.cache_dir is not None:
+            need, free = len(todo) * self.row_bytes, shutil.disk_usage(self.cache_dir).free
+            if need > free - 2**30:  # a full disk would fail halfway, after minutes of decoding
+                raise ValueError(f"decoding {len(todo)} tiles of {self.size}x{self.size} needs {need / 2**30:.1f} GiB in "
+                                 f"{self.cache_dir}, which has {free / 2**30:.1f} GiB free: set cache_dir to a larger disk, "
+                                 "or draw fewer tiles (subset) or smaller ones (tile_size)")  # fmt: skip
+        h5_rows = todo[np.array([isinstance(self.sources[row], H5Tile) for row in todo], dtype=bool)]
+        if len(h5_rows):
+            self._read_h5(h5_rows)
+        file_rows = np.setdiff1d(todo, h5_rows) if len(h5_rows) else todo
+        for row, error, mode, shape, notes in self._run(file_rows, self.size, desc):
+            if error:
+                self.state[row] = UNREADABLE
+                self.meta["bad"][str(row)] = error
+            else:
+                self.state[row] = DECODED
+                width, height = map(int, shape.split("x"))
+                self.headers[row] = (width, height, self._mode_code(mode))
+                if notes:
+                    self.meta.setdefault("notes", {})[str(row)] = notes
+        if self.array is not None and hasattr(self.array, "flush"):
+            self.array.flush()
+        if self.cache_dir is not None:  # the states last: a row counts as decoded once its pixels are on disk
+            _save_npy(self._file(".state.npy", self.size), self.state)
+        self._save_meta()
+
+    def _run(self, rows: np.ndarray, size: int | None, desc: str) -> list:
+        """Decode (size given) or read the headers of (size None) `rows`; a list of per-row results."""
+        from tqdm import tqdm
+
+        if not len(rows):
+            return []
+        to_files = all(isinstance(self.sources[row], Path) for row in rows[:64])  # zip members and HDF5 rows stay in this process
+        bar = tqdm(total=len(rows), desc=desc, unit="tile", leave=False)
+        results = []
+        if to_files and len(rows) >= PROCESS_DECODE_MIN and (os.cpu_count() or 1) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            data_file = str(self._file(".npy", self.size)) if size and self.cache_dir is not None else None
+            if size and self.array is not None and data_file is None:  # in memory: processes cannot write into it
+                results = self._run_threads(rows, size, bar)
+            else:
+                chunks = [[(int(row), str(self.sources[row])) for row in rows[i : i + _CHUNK]] for i in range(0, len(rows), _CHUNK)]
+                # fork, as DataLoader's workers: the workers start at once and only run PIL and numpy.
+                with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork"),
+                                         initializer=_start_worker, initargs=(data_file,)) as pool:  # fmt: skip
+                    futures = [pool.submit(_decode_chunk, chunk, size, self.multi_page) if size else pool.submit(_header_chunk, chunk)
+                               for chunk in chunks]  # fmt: skip
+                    for future in as_completed(futures):
+                        done = future.result()
+                        results += done
+                        bar.update(len(done))
+        elif size:
+            results = self._run_threads(rows, size, bar)
+        else:
+            for row in rows:
+                results.append(_header(int(row), self.sources[row]))
+                bar.update()
+        bar.close()
+        return results
+
+    def _run_threads(self, rows: np.ndarray, size: int, bar) -> list:
+        def work(row: int):
+            try:
+                tile, mode, shape, notes = decode_tile(self.sources[row], size, self.multi_page)
+            except Exception as error:  # PIL raises several types; every one means "not a usable image"
+                return row, f"{type(error).__name__}: {error}", "", "", {}
+            if self.array is not None:
+                self.array[row] = tile.transpose(2, 0, 1)
+            return row, "", mode, shape, notes
+
+        results = []
+        # PIL releases the GIL while decoding JPEG, so threads use every core without copying tiles between processes.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for result in pool.map(work, rows.tolist()):
+                results.append(result)
+                bar.update()
+        return results
+
+    def _read_h5(self, rows: np.ndarray) -> None:
+        """HDF5 rows need no decoding: read in blocks of neighbouring rows, moved to channels-first."""
+        from tqdm import tqdm
+
+        by_dataset: dict[tuple, list[int]] = {}
+        for row in rows:
+            source = self.sources[row]
+            by_dataset.setdefault((source.file, source.dataset), []).append(int(row))
+        bar = tqdm(total=len(rows), desc="reading HDF5 tiles", unit="tile", leave=False)
+        for rows_here in by_dataset.values():
+            rows_here = np.array(sorted(rows_here, key=lambda r: self.sources[r].row))
+            h5_rows = np.array([self.sources[r].row for r in rows_here])
+            dataset = self.sources[rows_here[0]].h5_dataset()
+            for start in range(0, len(rows_here), 1024):
+                cache_rows, wanted = rows_here[start : start + 1024], h5_rows[start : start + 1024]
+                first, last = int(wanted[0]), int(wanted[-1]) + 1
+                # A block read is one contiguous copy; scattered rows (a small subset) are picked one by one.
+                block = dataset[first:last][wanted - first] if last - first <= 4 * len(wanted) else dataset[wanted]
+                height, width = block.shape[1:3]
+                if (height, width) != (self.size, self.size):
+                    block = np.stack([np.asarray(Image.fromarray(tile).resize((self.size, self.size), Image.Resampling.BILINEAR,
+                                                                              reducing_gap=None)) for tile in block])  # fmt: skip
+                if self.array is not None:
+                    self.array[cache_rows] = block.transpose(0, 3, 1, 2)
+                self.state[cache_rows] = DECODED
+                self.headers[cache_rows] = (width, height, self._mode_code("RGB"))
+                bar.update(len(cache_rows))
+        bar.close()
+
+    @property
+    def row_bytes(self) -> int:
+        return 3 * self.size * self.size
+
+    def tiles(self) -> torch.Tensor:
+        """(N, 3, size, size) uint8 over the cache file's pages, not a copy: only the rows a run
+        touches come into memory, and the system can drop them again. A private mapping, so that
+        nothing written to the tensor reaches the cache."""
+        if self.cache_dir is None:
+            return torch.from_numpy(self.array)
+        self.array.flush()
+        return torch.from_numpy(np.load(self._file(".npy", self.size), mmap_mode="c"))
+
+    def record(self, rows: np.ndarray) -> DecodeRecord:
+        """What decoding did to `rows`: sizes resized, modes converted, files unreadable, where the cache is."""
+        ok = rows[self.state[rows] == DECODED]
+        width, height, mode = self.headers[ok].T
+        other_size = (width != self.size) | (height != self.size)
+        resized = Counter(f"{w}x{h}" for w, h in zip(width[other_size].tolist(), height[other_size].tolist()))
+        converted = Counter(self.meta["modes"][m] for m in mode.tolist() if m >= 0 and self.meta["modes"][m] != "RGB")
+        bad = [[str(self.sources[row]), self.meta["bad"].get(str(row), "unreadable")] for row in rows[self.state[rows] == UNREADABLE]]
+        counted = {"oriented": Counter(), "rescaled": Counter(), "pages": Counter()}
+        row_notes = self.meta.get("notes", {})
+        for row in ok.tolist():
+            for name, key in row_notes.get(str(row), {}).items():
+                counted[name][key] += 1
+        return DecodeRecord(resized=dict(resized), converted=dict(converted), oriented=dict(counted["oriented"]),
+                            rescaled=dict(counted["rescaled"]), pages=dict(counted["pages"]), bad=bad, cache=self.describe(len(rows)))  # fmt: skip
+
+    def describe(self, n_rows: int) -> str:
+        if self.cache_dir is None:
+            return ""
+        data_file = self._file(".npy", self.size)
+        on_disk = os.stat(data_file).st_blocks * 512  # the sparse file's real size
+        done = (f"wrote {data_file}: {self.decoded_now} of the run's {n_rows} tiles decoded into it now" if self.decoded_now
+                else f"read {data_file}: all {n_rows} of the run's tiles decoded before")
+        return (f"{done}; {on_disk / 2**30:.2f} GiB on disk ({int((self.state == DECODED).sum())} of {len(self.state)} tiles of "
+                f"{self.size}x{self.size}); cache_dir moves it")  # fmt: skip
+
+
+def _forget_older_caches(cache_dir: Path, first: str) -> None:
+    """A data set that changed leaves its old cache behind: drop every cache of the same set (by its first file)."""
+    for meta_file in cache_dir.glob("*.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("first") == first:
+            key = meta_file.stem
+            for old in cache_dir.glob(f"{key}*"):
+                old.unlink(missing_ok=True)
+
+
+def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "decoding tiles",
+                 skip_bad_images: bool = False, cache_dir: str | Path | None = TILE_CACHE_DIR,
+                 multi_page: str = "refuse") -> tuple[torch.Tensor, np.ndarray, DecodeRecord]:
+    """Every source decoded to one (N_ok, 3, size, size) uint8 tensor, the (N,) bool mask of the
+    sources kept, and what decoding did. Bad files are all found first and listed in one
+    BadImagesError, unless `skip_bad_images`, which leaves them out and records how many. With
+    `cache_dir`, the tensor lies over the memory-mapped cache (no copy, unless files were skipped:
+    then the kept rows are gathered), reused while no file changes."""  # fmt: skip
+    cache = TileCache(sources, cache_dir, multi_page=multi_page)
+    rows = np.arange(len(sources))
+    cache.open_size(size)
+    cache.decode(rows, desc)
+    record = cache.record(rows)
+    _raise_unless_skipped(record, skip_bad_images)
+    ok = cache.state == DECODED
+    tiles = cache.tiles()
+    return (tiles if ok.all() else tiles[torch.from_numpy(np.flatnonzero(ok))]), ok, record
+
+
+
+
+def _raise_unless_skipped(record: DecodeRecord, skip_bad_images: bool) -> None:
+    if record.bad and not skip_bad_images:
+        listed = "\n".join(f"  {path}: {why}" for path, why in record.bad)
+        raise BadImagesError(f"{len(record.bad)} file(s) could not be read as images (nothing has been trained yet):\n{listed}\n"
+                             "Replace or remove them, or set skip_bad_images=True to leave them out (the run records how many).")  # fmt: skip
+    record.skipped = len(record.bad)
