@@ -18,6 +18,7 @@ from PIL import Image
 from lib.data.decode import TILE_SIZE, BadImagesError, DecodeRecord, check_multi_page, decode_tile, source_signature
 from lib.data.layouts import H5Tile, TileSource
 from lib.paths import TILE_CACHE_DIR
+from lib.progress import progress
 
 CACHE_VERSION = 3  # bump when decoding or the cache's files change, so that old caches are not reused (2: row-by-row cache; 3: EXIF orientation, >8-bit scaling, pages)
 
@@ -221,12 +222,10 @@ class TileCache:
 
     def _run(self, rows: np.ndarray, size: int | None, desc: str) -> list:
         """Decode (size given) or read the headers of (size None) `rows`; a list of per-row results."""
-        from tqdm import tqdm
-
         if not len(rows):
             return []
         to_files = all(isinstance(self.sources[row], Path) for row in rows[:64])  # zip members and HDF5 rows stay in this process
-        bar = tqdm(total=len(rows), desc=desc, unit="tile", leave=False)
+        bar = progress(total=len(rows), desc=desc, unit="tile", leave=False)
         results = []
         if to_files and len(rows) >= PROCESS_DECODE_MIN and (os.cpu_count() or 1) > 1:
             import multiprocessing
@@ -275,13 +274,11 @@ class TileCache:
 
     def _read_h5(self, rows: np.ndarray) -> None:
         """HDF5 rows need no decoding: read in blocks of neighbouring rows, moved to channels-first."""
-        from tqdm import tqdm
-
         by_dataset: dict[tuple, list[int]] = {}
         for row in rows:
             source = self.sources[row]
             by_dataset.setdefault((source.file, source.dataset), []).append(int(row))
-        bar = tqdm(total=len(rows), desc="reading HDF5 tiles", unit="tile", leave=False)
+        bar = progress(total=len(rows), desc="reading HDF5 tiles", unit="tile", leave=False)
         for rows_here in by_dataset.values():
             rows_here = np.array(sorted(rows_here, key=lambda r: self.sources[r].row))
             h5_rows = np.array([self.sources[r].row for r in rows_here])

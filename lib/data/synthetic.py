@@ -264,7 +264,7 @@ def generate(data_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), worker
     built in a temporary folder and moved into place at the end, so an interrupted generation
     never leaves a half-written data set behind.
     """
-    from tqdm import tqdm
+    from lib.progress import progress
 
     data_dir = Path(data_dir)
     if existing_spec(data_dir) == asdict(spec):
@@ -285,7 +285,7 @@ def generate(data_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), worker
         jobs += [(spec, split, ids[i : i + chunk], str(staging / split)) for i in range(0, count, chunk)]
     rows: dict[str, list] = {"train": [], "test": []}
     total = spec.n_train + spec.n_test
-    with ProcessPoolExecutor(workers) as pool, tqdm(total=total, desc="generating tiles", unit="tile") as bar:
+    with ProcessPoolExecutor(workers) as pool, progress(total=total, desc="generating tiles", unit="tile") as bar:
         for job, done in zip(jobs, pool.map(_write_chunk, jobs)):
             rows[job[1]] += done
             bar.update(len(done))

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from lib.data import decode_tiles, read_run_layout
 from lib.metrics import score_predictions
 from lib.data.layouts import LayoutError
 from lib.models import build_model, predicted_labels
 from lib.paths import resolve
+from lib.progress import progress
 from lib.training.run_folder import RunFolder, save_atomically
 from lib.training.speed import autocast, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
@@ -98,7 +97,7 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
                      "Its best epoch was chosen on these tiles, so the scores lean optimistic")  # fmt: skip
     predictions, scores = [], []
     with host_memory(settings):
-        for start in tqdm(range(0, len(tiles), batch_size), desc="predicting", unit="batch", file=sys.stderr):
+        for start in progress(range(0, len(tiles), batch_size), desc="predicting", unit="batch"):
             batch = prepare_input(tiles[start : start + batch_size].to(torch_device).float().div_(255), settings)
             with autocast(torch_device, settings):
                 logits = model(batch).float()

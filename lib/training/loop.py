@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -13,13 +12,13 @@ from datetime import datetime
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lib.config import RunConfig
 from lib.data import FileTileDataset, Split, TileBatches, TileSet, batch_plan, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
 from lib.training.environment import environment_record
 from lib.metrics import class_counts, majority_rate
 from lib.data.layouts import TileIndex
+from lib.progress import progress
 from lib.models import BaselineCNN, WeightsOutcome, build_model, predicted_labels
 from lib.training.run_folder import RunFolder, RunResult
 from lib.training.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
@@ -44,7 +43,7 @@ def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch
     lag = check_lag if check_lag is not None else (2 if device.type == "cuda" else 0)
     losses, accuracies, images = [], [], 0
     start = time.perf_counter()
-    for batch, (tiles, labels) in enumerate(tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr)):
+    for batch, (tiles, labels) in enumerate(progress(loader, desc=desc, unit="batch", leave=False)):
         tiles, labels = prepare_input(tiles.to(device, non_blocking=True), settings), labels.to(device, non_blocking=True)
         with autocast(device, settings):
             logits = model(tiles)
@@ -82,7 +81,7 @@ def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings
     """Loss summed over batches and the mean batch accuracy, without augmentation or gradients."""
     model.eval()
     losses, accuracies = [], []
-    for tiles, labels in tqdm(loader, desc=desc, unit="batch", leave=False, file=sys.stderr):
+    for tiles, labels in progress(loader, desc=desc, unit="batch", leave=False):
         tiles, labels = prepare_input(tiles.to(device), settings), labels.to(device)
         with autocast(device, settings):
             logits = model(tiles).float()
@@ -286,8 +285,7 @@ def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data:
     writer = SummaryWriter(str(folder.tensorboard_dir), purge_step=start.epoch)
     began = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     last_saved = -float("inf")  # the first completed epoch is always saved
-    epochs_bar = tqdm(range(start.epoch, config.epochs), desc=config.run, unit="epoch", file=sys.stderr,
-                      initial=start.epoch, total=config.epochs)  # fmt: skip
+    epochs_bar = progress(range(start.epoch, config.epochs), desc=config.run, unit="epoch", initial=start.epoch, total=config.epochs)
     for epoch in epochs_bar:
         with host_memory(settings):
             trained = train_one_epoch(training.step_model, data.train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
