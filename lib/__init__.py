@@ -14,6 +14,7 @@ A map, by part; arrows point down (a part imports only those below it):
     models       models.py      the baseline CNN, ResNet50, the small CNN; weights.py pretrained files
     data/        layouts, decode, cache, tiles, splits, batches, augment, synthetic (one module per job)
     metrics.py   scores that training and evaluation share (class counts, majority rate, accuracy, ...)
+    progress.py  progress bars: redrawn in a terminal or JupyterLab, plain lines in a log
     config.py    RunConfig, the one declaration of a run's parameters; registry.py registry.toml;
                  paths.py where things live
 

@@ -171,3 +171,24 @@ def test_batches_are_streamed_only_from_host_to_an_accelerator():
     assert not streamed(torch.device("cuda", 0), torch.device("cuda:0"))
     assert streamed(torch.device("cpu"), torch.device("cuda"))
     assert not streamed(torch.device("cpu"), torch.device("cpu"))
+
+
+def test_tile_and_crop_sizes_are_resolved_once_before_training(tiny_data, tmp_path):
+    """resolve_sizes turns 0 ("from the data") into the sizes the run uses, before any stage runs;
+    fit records exactly that config, and resolving it again changes nothing."""
+    from lib.data import read_run_layout, resolve_sizes
+    from lib.training.run_folder import RunFolder
+
+    config = run_config("resnet50-10ep", profile="quick", data_dir=str(tiny_data), runs_dir=str(tmp_path), model="small", tile_size=0,
+                        crop_size=0, epochs=1, batch_size=8, subset=0, device="cpu", cache_dir="")  # fmt: skip
+    index = read_run_layout(config)
+    resolved, why = resolve_sizes(config, index)
+    assert (resolved.tile_size, resolved.crop_size) == (256, 200), "the tiles' own 256, the original's 200 of 256"
+    assert "the data set's own" in why
+    assert resolve_sizes(resolved, index)[0] == resolved
+    baseline, _ = resolve_sizes(run_config("baseline", profile="quick", data_dir=str(tiny_data), cache_dir=""), index)
+    assert (baseline.tile_size, baseline.crop_size) == (256, 256), "the baseline takes 256 and, augmenting, crops nothing"
+
+    fit(config)
+    saved = RunFolder(tmp_path / "resnet50-10ep").read_config()
+    assert (saved["tile_size"], saved["crop_size"]) == (256, 200)

@@ -3,7 +3,7 @@
     layouts     detect and read a data set's layout (course, pcam, pcam-h5, csv, class folders) into a TileIndex
     decode      one file to RGB uint8 pixels as a viewer shows them, and the record of what decoding did
     cache       the memory-mapped tile cache: each tile decoded once, rows filled as runs ask for them
-    tiles       a run's tile set: its subset, its tile and crop sizes, its tiles over the cache
+    tiles       a run's tile set: its subset, its tile and crop sizes, its tiles over the cache, its split
     splits      training and validation tiles: seeded, grouped, or the data set's own
     batches     batches cut from the cache and augmented on the device, or the original's file loader
     augment     per-image rotation, flips and crop on the device in one grid_sample
@@ -17,13 +17,13 @@ from lib.data.batches import FileTileDataset, TileBatches, batch_plan, make_load
 from lib.data.cache import PROCESS_DECODE_MIN, TileCache, decode_tiles
 from lib.data.decode import TILE_SIZE, BadImagesError, DecodeRecord, MultiPageError, decode_tile, open_tile, read_tile, source_signature
 from lib.data.layouts import LAYOUTS, H5Tile, LayoutError, TileIndex, TileSource, read_layout
-from lib.data.splits import Split, given_split, grouped_split, make_split, seeded_split
-from lib.data.tiles import TileSet, choose_tile_size, crop_for, load_tile_set, read_run_layout
+from lib.data.splits import Split, given_split, grouped_split, seeded_split
+from lib.data.tiles import TileSet, choose_tile_size, crop_for, drawn_rows, load_tile_set, make_split, read_run_layout, resolve_sizes
 
 __all__ = [
     "BadImagesError", "DecodeRecord", "FileTileDataset", "H5Tile", "LAYOUTS", "LayoutError", "MultiPageError",
     "PROCESS_DECODE_MIN", "Split", "TILE_SIZE", "TileBatches", "TileCache", "TileIndex", "TileSet", "TileSource",
     "batch_plan", "choose_tile_size", "crop_for", "decode_tile", "decode_tiles", "given_split", "grouped_split",
-    "load_tile_set", "make_loader", "make_split", "open_tile", "original_augmentation", "read_layout", "read_run_layout",
-    "read_tile", "seeded_split", "source_signature", "streamed",
+    "drawn_rows", "load_tile_set", "make_loader", "make_split", "open_tile", "original_augmentation", "read_layout", "read_run_layout",
+    "read_tile", "resolve_sizes", "seeded_split", "source_signature", "streamed",
 ]  # fmt: skip

@@ -4,15 +4,11 @@ grouped (no patient, slide or source tile on both sides), or the data set's own;
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from lib.data.tiles import TileSet
 
 @dataclass(frozen=True)
 class Split:
@@ -79,31 +75,6 @@ def given_split(given_valid: np.ndarray, seed: int, subset: int = 0, kept: np.nd
         chosen = chosen[kept[chosen]]
     in_valid = given_valid[chosen]
     return Split(train=chosen[~in_valid], valid=chosen[in_valid], description="given: the data set's own train and validation tiles")
-
-
-def make_split(tile_set: TileSet, how: str, valid_fraction: float, seed: int, subset: int = 0) -> Split:
-    """`auto`: the data set's own split when it has one, else grouped when it names groups, else the
-    original's random split. Positions index the tile set; only its kept tiles are used. Raises
-    ValueError when a side would hold fewer than two tiles of either class (nothing to learn or
-    measure), with the counts, or when the tile set was drawn with another subset or seed."""
-    if tile_set.subset and (subset, seed) != (tile_set.subset, tile_set.seed):
-        raise ValueError(f"the tile set was drawn with subset={tile_set.subset}, seed={tile_set.seed}; split it with the same, "
-                         f"not subset={subset}, seed={seed}")  # fmt: skip
-    given, kept = tile_set.index.given_valid, tile_set.kept
-    if how == "auto" and given is not None:
-        split = given_split(given, seed, subset, kept)
-    elif how == "grouped" or (how == "auto" and tile_set.groups is not None):
-        if tile_set.groups is None:
-            raise ValueError(f"split='grouped' asked for, but {tile_set.index.data_dir} ({tile_set.index.layout} layout) names no groups; "
-                             "give a CSV with a group column, or use split='random'")  # fmt: skip
-        split = grouped_split(tile_set.groups, valid_fraction, seed, subset, kept)
-    else:
-        split = seeded_split(len(tile_set.labels), valid_fraction, seed, subset, kept)
-        if tile_set.groups is not None or given is not None:  # random asked for over grouped or split data: allowed, but never silently
-            ignored = "the data set's own split ignored" if given is not None else "groups ignored, near-copies may sit on both sides"
-            split = Split(split.train, split.valid, split.description + f"; WARNING: {ignored}")
-    _require_trainable(split, tile_set.labels.numpy())
-    return split
 
 
 def _require_trainable(split: Split, labels: np.ndarray) -> None:

@@ -1,19 +1,20 @@
-"""A run's tile set: its subset drawn before decoding, the tile and crop sizes it uses, and its
-tiles decoded once into the cache (or read from it) and returned over it, not copied."""
+"""A run's tile set: its subset drawn before decoding, the tile and crop sizes it uses (resolved once,
+before training), its tiles decoded once into the cache (or read from it) and returned over it, not
+copied, and its split into training and validation tiles."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lib.config import original_crop
+from lib.config import BASELINE_TILE, RunConfig, original_crop
 from lib.data.cache import DECODED, TileCache, _raise_unless_skipped
 from lib.data.decode import TILE_SIZE, DecodeRecord
 from lib.data.layouts import LayoutError, TileIndex, TileSource, read_layout
-from lib.data.splits import _seeded_order
+from lib.data.splits import Split, _require_trainable, _seeded_order, given_split, grouped_split, seeded_split
 from lib.paths import TILE_CACHE_DIR
 
 @dataclass
@@ -68,25 +69,46 @@ def choose_tile_size(cache: TileCache, rows: np.ndarray, size: int, model_input:
                        f"to {TILE_SIZE}x{TILE_SIZE}; set tile_size to choose")  # fmt: skip
 
 
+def drawn_rows(n_tiles: int, seed: int, subset: int) -> np.ndarray:
+    """The positions (sorted, int64) of the labelled tiles a run uses: `subset` of them drawn as the
+    split draws them (seeded), or all n_tiles when subset is 0 or asks for more."""
+    return np.sort(_seeded_order(n_tiles, seed, subset))
+
+
+def resolve_sizes(config: RunConfig, index: TileIndex) -> tuple[RunConfig, str]:
+    """The run's config with its tile and crop sizes as it will use them, and why the tile size, in
+    words. Done once, before training: what the run records in config.json, resumes with and is
+    evaluated at. tile_size 0 becomes the size of the tiles the run draws (choose_tile_size: file
+    headers only, remembered in the cache), or the baseline CNN's fixed 256; crop_size 0 follows the
+    tile when augmenting (crop_for). A config already resolved comes back equal.
+    Raises ValueError (crop_for) for a crop larger than the tile."""
+    model_input = BASELINE_TILE if config.model == "baseline" else None
+    cache = TileCache(index.train_paths, config.cache_dir or None, config.input_pipeline == "tensor", config.multi_page)
+    size, why = choose_tile_size(cache, drawn_rows(len(index.train_paths), config.seed, config.subset), config.tile_size, model_input)
+    crop = crop_for(size, config.crop_size, model_input) if config.augment else config.crop_size
+    return replace(config, tile_size=size, crop_size=crop), why
+
+
 def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool = False,
                   cache_dir: str | Path | None = TILE_CACHE_DIR, keep_tiles: bool = True, subset: int = 0, seed: int = 0,
-                  model_input: int | None = None, multi_page: str = "refuse") -> TileSet:  # fmt: skip
+                  model_input: int | None = None, multi_page: str = "refuse", size_note: str = "") -> TileSet:  # fmt: skip
     """The labelled tiles of `index` a run uses: with `subset`, that many drawn first (seeded, as the
     split draws them), so only those are decoded; all of them when the data set has no more. `size`
-    0 chooses the size (choose_tile_size; `model_input` is a network's fixed input side). Tiles are
+    0 chooses the size (choose_tile_size; `model_input` is a network's fixed input side); a run passes
+    the size resolve_sizes chose, with its reason as `size_note` for the notes. Tiles are
     decoded once into the cache (or read from it) and returned over it, not copied; with
     keep_tiles=False only checked, for the original input path (tiles is then None).
     Raises BadImagesError (unreadable files, unless skip_bad_images), LayoutError (one class left),
     ValueError (no room for the cache)."""
     n = len(index.train_paths)
-    drawn = np.sort(_seeded_order(n, seed, subset))
+    drawn = drawn_rows(n, seed, subset)
     notes = []
     if subset > n:
         notes.append(f"subset={subset} asks for more than the data set's {n} labelled tiles: all {n} are used")
     elif subset:
         notes.append(f"subset: {subset} of the {n} labelled tiles drawn (seed {seed}) before decoding; only those are decoded")
     cache = TileCache(index.train_paths, cache_dir, keep_tiles, multi_page)
-    size, why = choose_tile_size(cache, drawn, size, model_input)
+    size, why = (size, size_note) if size and size_note else choose_tile_size(cache, drawn, size, model_input)
     notes.insert(0, why)
     cache.open_size(size)
     cache.decode(drawn, "decoding labelled tiles" if keep_tiles else "checking tiles")
@@ -101,6 +123,31 @@ def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool
     return TileSet(index=index, sources=index.train_paths, tiles=cache.tiles() if keep_tiles else None, labels=labels,
                    groups=index.train_groups, record=record, kept=kept, size=size, subset=subset, seed=seed, notes=notes)  # fmt: skip
 
+
+
+def make_split(tile_set: TileSet, how: str, valid_fraction: float, seed: int, subset: int = 0) -> Split:
+    """`auto`: the data set's own split when it has one, else grouped when it names groups, else the
+    original's random split. Positions index the tile set; only its kept tiles are used. Raises
+    ValueError when a side would hold fewer than two tiles of either class (nothing to learn or
+    measure), with the counts, or when the tile set was drawn with another subset or seed."""
+    if tile_set.subset and (subset, seed) != (tile_set.subset, tile_set.seed):
+        raise ValueError(f"the tile set was drawn with subset={tile_set.subset}, seed={tile_set.seed}; split it with the same, "
+                         f"not subset={subset}, seed={seed}")  # fmt: skip
+    given, kept = tile_set.index.given_valid, tile_set.kept
+    if how == "auto" and given is not None:
+        split = given_split(given, seed, subset, kept)
+    elif how == "grouped" or (how == "auto" and tile_set.groups is not None):
+        if tile_set.groups is None:
+            raise ValueError(f"split='grouped' asked for, but {tile_set.index.data_dir} ({tile_set.index.layout} layout) names no groups; "
+                             "give a CSV with a group column, or use split='random'")  # fmt: skip
+        split = grouped_split(tile_set.groups, valid_fraction, seed, subset, kept)
+    else:
+        split = seeded_split(len(tile_set.labels), valid_fraction, seed, subset, kept)
+        if tile_set.groups is not None or given is not None:  # random asked for over grouped or split data: allowed, but never silently
+            ignored = "the data set's own split ignored" if given is not None else "groups ignored, near-copies may sit on both sides"
+            split = Split(split.train, split.valid, split.description + f"; WARNING: {ignored}")
+    _require_trainable(split, tile_set.labels.numpy())
+    return split
 
 
 def read_run_layout(config) -> TileIndex:

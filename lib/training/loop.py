@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import numpy as np
@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import RunConfig
-from lib.data import FileTileDataset, Split, TileBatches, TileSet, batch_plan, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
-from lib.training.environment import environment_record
+from lib.data import (FileTileDataset, Split, TileBatches, TileIndex, TileSet, batch_plan, load_tile_set, make_loader, make_split,
+                      original_augmentation, read_run_layout, resolve_sizes)
 from lib.metrics import class_counts, majority_rate
-from lib.data.layouts import TileIndex
+from lib.models import WeightsOutcome, build_model, predicted_labels
 from lib.progress import progress
-from lib.models import BaselineCNN, WeightsOutcome, build_model, predicted_labels
+from lib.training.environment import environment_record
 from lib.training.run_folder import RunFolder, RunResult
 from lib.training.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
@@ -132,7 +132,6 @@ class RunData:
     train_loader: object  # TileBatches or a DataLoader: yields (float tiles (B, 3, H, W) in [0, 1], int64 labels (B,))
     valid_loader: object
     placement: str  # where the tiles wait and where they are augmented, in words
-    config: RunConfig  # the run's config with the tile and crop sizes as used
     notes: list[str]  # what the data stage did, for the run's output and record (sizes, subset, cache, decoding, batches)
 
 
@@ -157,21 +156,15 @@ class Start:
     best_accuracy: float  # the best validation accuracy so far (-1 before any epoch)
 
 
-def load_run_data(config: RunConfig, device: torch.device) -> RunData:
-    """Stage 1, data: read the layout, decode the run's tiles (its subset only) once into the
-    memory-mapped cache (or read them from it), split, and build the loaders for
-    `config.input_pipeline`, which read batches from the cache, no copy. The returned config holds
-    the tile and crop sizes as used (0 means "from the data"), so that config.json, resume and the
-    evaluation see them."""
-    index = read_run_layout(config)
-    print(f"data: {index.origin}; {index.describe()}")
+def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, size_note: str = "") -> RunData:
+    """Stage 1, data: decode the run's tiles (its subset only, at the tile size `config` holds,
+    resolved before: resolve_sizes, whose reason is `size_note`) once into the memory-mapped cache
+    (or read them from it), split, and build the loaders for `config.input_pipeline`, which read
+    batches from the cache, no copy."""
     tensor_path = config.input_pipeline == "tensor"
-    model_input = BaselineCNN.input_size if config.model == "baseline" else None
     tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
-                             keep_tiles=tensor_path, subset=config.subset, seed=config.seed,
-                             model_input=model_input, multi_page=config.multi_page)  # fmt: skip
-    crop_size = crop_for(tile_set.size, config.crop_size, model_input) if config.augment else config.crop_size
-    config = replace(config, tile_size=tile_set.size, crop_size=crop_size)
+                             keep_tiles=tensor_path, subset=config.subset, seed=config.seed, multi_page=config.multi_page,
+                             size_note=size_note)  # fmt: skip
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
     data_notes = tile_set.notes + split.batch_notes(config.batch_size)
     for note in data_notes:
@@ -193,7 +186,7 @@ def load_run_data(config: RunConfig, device: torch.device) -> RunData:
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
     print(f"split: {split.description}; {len(split.train)} training and {len(split.valid)} validation tiles "
           f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
-    return RunData(index, tile_set, split, train_loader, valid_loader, placement, config, data_notes)
+    return RunData(index, tile_set, split, train_loader, valid_loader, placement, data_notes)
 
 
 def build_training(config: RunConfig, device: torch.device) -> Training:
@@ -265,9 +258,7 @@ def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
     re-execute a finished run's notebook without training it again. None otherwise."""
     if not folder.has_result() or not folder.config_file.is_file():
         return None
-    current = dataclasses.asdict(config)
-    from_data = {k for k in ("tile_size", "crop_size") if current[k] == 0}  # 0: resolved from the data, as config.json saved it
-    if _changed_parameters(folder.read_config(), current, also_ignore=from_data):
+    if _changed_parameters(folder.read_config(), dataclasses.asdict(config)):
         return None  # other parameters: _resume_state names them
     result = folder.result()
     return result if len(result.history) >= config.epochs else None
@@ -409,12 +400,16 @@ def fit(config: RunConfig) -> RunResult:
     device = resolve_device(config.device)
     seed_everything(config.seed)
     folder = RunFolder(config.run_dir)
+    # Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
+    # that every stage, config.json, resume and the evaluation see the one config the run trains with.
+    index = read_run_layout(config)
+    print(f"data: {index.origin}; {index.describe()}")
+    config, size_note = resolve_sizes(config, index)
     finished = _finished_result(config, folder) if config.resume else None
     if finished is not None:
         print(f"resume: {config.run} already completed all {config.epochs} epochs with these parameters; its results in {folder.path} are kept")
         return finished
-    data = load_run_data(config, device)
-    config = data.config  # sizes as used: what config.json, resume and the evaluation see
+    data = load_run_data(config, index, device, size_note)
     print(class_balance_line(class_balance(data, config.batch_size)))
     training = build_training(config, device)
     print(f"speed: {data.placement}; {describe(training.settings)}")
