@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib.config import RunConfig
+from lib.config import PRETRAINED_FIELDS, RunConfig
 from lib.data import FileTileDataset, Split, TileBatches, TileSet, batch_plan, crop_for, load_tile_set, make_loader, make_split, original_augmentation, read_run_layout
 from lib.training.environment import environment_record
 from lib.metrics import class_counts, majority_rate
@@ -268,7 +268,9 @@ def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
         return None
     current = dataclasses.asdict(config)
     from_data = {k for k in ("tile_size", "crop_size") if current[k] == 0}  # 0: resolved from the data, as config.json saved it
-    if _changed_parameters(folder.read_config(), current, also_ignore=from_data):
+    # A weights file given to every run (`make run-all WEIGHTS=...`) leaves a network without pretrained weights as it was.
+    unused = set(PRETRAINED_FIELDS) if config.model != "resnet50" else set()
+    if _changed_parameters(folder.read_config(), current, also_ignore=from_data | unused):
         return None  # other parameters: _resume_state names them
     result = folder.result()
     return result if len(result.history) >= config.epochs else None
