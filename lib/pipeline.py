@@ -343,6 +343,9 @@ def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
     # `make venv` writes is not there after a plain `pip install -r requirements.txt`).
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *(p for p in paths if p != str(PROJECT_ROOT))])
+    # Kernels inherit it: papermill keeps a kernel's output as text in the executed notebook and the log,
+    # where a progress bar redrawn in place piles up as fragments; lib/progress.py writes plain lines instead.
+    os.environ.setdefault("HISTO_PROGRESS", "plain")
     print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
     start = time.perf_counter()
     try:
