@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib import registry
+from lib import paths, registry
 from lib.config import BASELINE_TILE, PRETRAINED_FIELDS, ParameterError, convert, run_config, settable_fields
 from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
 
@@ -155,7 +155,7 @@ RENDERING_TEMPLATES = Path("lib") / "report" / "templates"
 
 def _under(root: Path, path: Path) -> Path:
     """The project file `path` in the tree at `root` (a copy of the project, in tests)."""
-    return root / path.relative_to(PROJECT_ROOT)
+    return root / path.relative_to(paths.PROJECT_ROOT)
 
 
 def _module_file(name: str, root: Path) -> Path | None:
