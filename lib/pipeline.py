@@ -12,8 +12,25 @@ A make variable NAME is the field name in upper case (EPOCHS=3, TILE_SIZE=96); D
 shortcuts for data_dir and weights_path. Besides the fields: `runs` (a comma-separated subset of the
 registry's runs; the evaluation runs only with all of them) and `reports_dir`.
 
-A notebook whose inputs (itself, lib/, the registry, its run's resolved config, the data set) are
-unchanged since its last successful execution is skipped. A failing notebook stops the pipeline
+Each stage reruns when what it reads changed since its last successful execution, and only then.
+"The lib files X imports" is X's code_closure: lib modules found by parsing imports (top-level and
+inside functions), followed through the import graph.
+
+- A run's training: its resolved config (less profile_reason and resume, and less the weights fields
+  for a network without pretrained weights), the data set, the weights file, and the lib files
+  lib.training imports (config, registry, paths, metrics, data, models, weights, training; no figure,
+  report sentence or door). Recorded in runs/<run>/training.fingerprint once its notebook succeeded.
+- A run's notebook: its training, the notebook file, the lib files its code cells import, the
+  registry. Unchanged, with its result.json there: skipped. Changed while its training is unchanged
+  and its result kept (a figure's code changed): executed with resume=True, so that `fit` returns
+  the saved result without training and the notebook redraws. Otherwise executed: it trains.
+- The evaluation: its notebook, the lib files it imports, its parameters, the data set, and the
+  runs' training fingerprints (a run redrawn is not a run retrained).
+- The report (`report`): its notebook, the lib files it imports with lib/report/render.py and its
+  templates, the registry, the evaluation's fingerprint, the runs' training fingerprints and
+  result.json files; skipped while report.html (and report.pdf where a Chromium is installed) is there.
+
+Notebook fingerprints are kept in reports/executed/.stamps/. A failing notebook stops the pipeline
 with a non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the
 runs that finished before it keep their results.
 """
