@@ -307,7 +307,8 @@ def fingerprint(notebook: str, parameters: dict, data: str, upstream: list[str] 
     fingerprints of what it reads (a run notebook: its run's training fingerprint), all under
     `root` (the project root by default)."""
     root = root or PROJECT_ROOT
-    files = [_under(root, NOTEBOOKS_DIR / notebook), _under(root, registry.REGISTRY_FILE), *code_closure(modules, root, notebook_code(notebook, root))]
+    code = code_closure(modules, root, notebook_code(notebook, root))
+    files = [_under(root, NOTEBOOKS_DIR / notebook), _under(root, registry.REGISTRY_FILE), *code]
     record = {"code": _hash_files(files, root), "parameters": parameters, "data": data, "upstream": list(upstream)}
     return _digest(record)
 
