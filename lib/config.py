@@ -18,6 +18,8 @@ ORIGINAL_CROP = (200, 256)  # pixels: the original cropped 200 of 256; a crop fo
 BASELINE_TILE = 256  # pixels: the baseline CNN's first linear layer fixes its input at 256x256 (lib/models.py)
 HEADS = ("imagenet1000", "binary")
 WEIGHTS = ("imagenet", "none")
+# The fields that choose ResNet50's head and starting weights: a network without pretrained weights is the same run whatever they say.
+PRETRAINED_FIELDS = ("head", "weights", "weights_path", "weights_strict")
 SCHEDULERS = ("none", "plateau")
 SPLITS = ("auto", "random", "grouped")
 INPUT_PIPELINES = ("tensor", "original")

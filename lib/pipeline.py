@@ -12,14 +12,32 @@ A make variable NAME is the field name in upper case (EPOCHS=3, TILE_SIZE=96); D
 shortcuts for data_dir and weights_path. Besides the fields: `runs` (a comma-separated subset of the
 registry's runs; the evaluation runs only with all of them) and `reports_dir`.
 
-A notebook whose inputs (itself, lib/, the registry, its run's resolved config, the data set) are
-unchanged since its last successful execution is skipped. A failing notebook stops the pipeline
+Each stage reruns when what it reads changed since its last successful execution, and only then.
+"The lib files X imports" is X's code_closure: lib modules found by parsing imports (top-level and
+inside functions), followed through the import graph.
+
+- A run's training: its resolved config (less profile_reason and resume, and less the weights fields
+  for a network without pretrained weights), the data set, the weights file, and the lib files
+  lib.training imports (config, registry, paths, metrics, data, models, weights, training; no figure,
+  report sentence or door). Recorded in runs/<run>/training.fingerprint once its notebook succeeded.
+- A run's notebook: its training, the notebook file, the lib files its code cells import, the
+  registry. Unchanged, with its result.json there: skipped. Changed while its training is unchanged
+  and its result kept (a figure's code changed): executed with resume=True, so that `fit` returns
+  the saved result without training and the notebook redraws. Otherwise executed: it trains.
+- The evaluation: its notebook, the lib files it imports, its parameters, the data set, and the
+  runs' training fingerprints (a run redrawn is not a run retrained).
+- The report (`report`): its notebook, the lib files it imports with lib/report/render.py and its
+  templates, the registry, the evaluation's fingerprint, the runs' training fingerprints and
+  result.json files; skipped while report.html (and report.pdf where a Chromium is installed) is there.
+
+Notebook fingerprints are kept in reports/executed/.stamps/. A failing notebook stops the pipeline
 with a non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the
 runs that finished before it keep their results.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -30,8 +48,8 @@ import sys
 import time
 from pathlib import Path
 
-from lib import registry
-from lib.config import BASELINE_TILE, ParameterError, convert, run_config, settable_fields
+from lib import paths, registry
+from lib.config import BASELINE_TILE, PRETRAINED_FIELDS, ParameterError, convert, run_config, settable_fields
 from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
 
 EVALUATION_NOTEBOOK = "05_evaluation.ipynb"
@@ -135,12 +153,103 @@ def checked_settings(settings: dict) -> tuple[dict, dict]:
     return parameters, options
 
 
-def _hash_files(paths) -> str:
+def _hash_files(paths, root: Path | None = None) -> str:
+    """One digest of the files' names (relative to `root`, the project root by default) and contents."""
+    root = root or PROJECT_ROOT
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+# What `fit` needs: lib/training/__init__.py and, through the import graph, everything it imports.
+TRAINING_ENTRY = "lib.training"
+# report() renders the executed report notebook with these besides what the notebook imports.
+RENDERING_MODULES = ("lib.report.render",)
+RENDERING_TEMPLATES = Path("lib") / "report" / "templates"
+
+
+def _under(root: Path, path: Path) -> Path:
+    """The project file `path` in the tree at `root` (a copy of the project, in tests)."""
+    return root / path.relative_to(paths.PROJECT_ROOT)
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    """The file under `root` that module `name` ("lib.data.tiles") runs: its .py, or its
+    package's __init__.py; None for a name outside lib or no module there (a class or function
+    imported by name, `from lib.config import RunConfig`)."""
+    parts = name.split(".")
+    if parts[0] != "lib":
+        return None
+    base = root.joinpath(*parts)
+    for path in (base.parent / f"{parts[-1]}.py", base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_names(tree: ast.AST, package: str = "") -> set[str]:
+    """The lib module names a parsed source imports anywhere in it, at its top or inside a function
+    (run when the function is called, so a dependency all the same). `from lib.x import y` gives
+    lib.x and lib.x.y (the second is kept only where it is a module); relative imports are read
+    from `package`, the importing module's package."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            names |= {base} | {f"{base}.{alias.name}" for alias in node.names if alias.name != "*"}
+    return {name for name in names if name == "lib" or name.startswith("lib.")}
+
+
+def code_closure(entries, root: Path | None = None, sources: tuple[ast.AST, ...] = ()) -> list[Path]:
+    """The lib files that importing the modules `entries` (dotted names: "lib.training") and running
+    the parsed `sources` (a notebook's cells) executes, read from the tree at `root` (the project
+    root by default): each module's file, the __init__.py of every package above it (importing
+    lib.data.tiles runs lib/data/__init__.py, and with it all that the package imports), and, by
+    the import graph, what those import, at their top or inside functions. Returns the files
+    sorted; raises ModuleNotFoundError for an entry that is no lib module and SyntaxError for a
+    file that does not parse."""
+    root = root or PROJECT_ROOT
+    for entry in entries:
+        if _module_file(entry, root) is None:
+            raise ModuleNotFoundError(f"{entry} is no module under {root / 'lib'}", name=entry)
+    pending = set(entries).union(*(_imported_names(tree) for tree in sources))
+    found: dict[str, Path] = {}
+    while pending:
+        name = pending.pop()
+        path = _module_file(name, root)
+        if name in found or path is None:
+            continue
+        found[name] = path
+        parts = name.split(".")
+        pending |= {".".join(parts[:i]) for i in range(1, len(parts))}  # the packages above it run first
+        package = name if path.name == "__init__.py" else ".".join(parts[:-1])
+        pending |= _imported_names(ast.parse(path.read_text(), filename=str(path)), package)
+    return sorted(set(found.values()))
+
+
+def notebook_code(notebook: str, root: Path | None = None) -> tuple[ast.AST, ...]:
+    """The notebook's code cells, parsed (IPython's magics and shell lines turned into the Python
+    they run, where a cell holds any). Raises SyntaxError naming the notebook for a cell that still
+    does not parse."""
+    notebook_file = _under(root or PROJECT_ROOT, NOTEBOOKS_DIR / notebook)
+    cells = [cell for cell in json.loads(notebook_file.read_text())["cells"] if cell["cell_type"] == "code"]
+    trees = []
+    for cell in cells:
+        source = "".join(cell["source"])
+        try:
+            trees.append(ast.parse(source, filename=str(notebook_file)))
+        except SyntaxError:
+            from IPython.core.inputtransformer2 import TransformerManager
+
+            trees.append(ast.parse(TransformerManager().transform_cell(source), filename=str(notebook_file)))
+    return tuple(trees)
 
 
 def data_fingerprint(index) -> str:
@@ -170,12 +279,38 @@ def check_parameters(notebook: str, parameters: dict) -> None:
         raise ParameterError(f"notebooks/{notebook} has no parameter(s) {', '.join(unknown)}; it accepts: {', '.join(declared)}")
 
 
-def fingerprint(notebook: str, parameters: dict, data: str, upstream: list[str] = ()) -> str:
-    """What a notebook's execution depends on: its file, lib/, the registry, its parameters (for a
-    run, the resolved config), the data set, and the fingerprints of the notebooks it reads."""
-    code = _hash_files([NOTEBOOKS_DIR / notebook, registry.REGISTRY_FILE, *Path(PROJECT_ROOT / "lib").glob("*.py")])
-    record = {"code": code, "parameters": parameters, "data": data, "upstream": list(upstream)}
+def _digest(record: dict) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def training_parameters(config, weights_file: list | None) -> dict:
+    """A run's resolved config as its training depends on it, with its weights file's identity (from
+    preflight): less `profile_reason` and `resume`, which say how the config was chosen and how a
+    result is reached, not what it is, and less the weights fields for a network that takes no
+    pretrained weights (a weights file given to the ResNet50 runs does not retrain the baseline)."""
+    ignored = {"profile_reason", "resume"} | (set(PRETRAINED_FIELDS) if config.model != "resnet50" else set())
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored} | {"weights file": weights_file}
+
+
+def training_fingerprint(parameters: dict, data: str, root: Path | None = None) -> str:
+    """What a run's training depends on, and nothing else: its `training_parameters`, the data set's
+    fingerprint, and the code that trains (code_closure of lib.training, read under `root`). A change
+    to a figure, a sentence of the report or the pipeline leaves it unchanged."""
+    code = _hash_files(code_closure([TRAINING_ENTRY], root), root)
+    return _digest({"training code": code, "parameters": parameters, "data": data})
+
+
+def fingerprint(notebook: str, parameters: dict, data: str, upstream: list[str] = (), root: Path | None = None,
+                modules: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """What a notebook's execution depends on: its file, the lib files its code cells import (their
+    code_closure, with `modules` besides), the registry, its parameters, the data set, and the
+    fingerprints of what it reads (a run notebook: its run's training fingerprint), all under
+    `root` (the project root by default)."""
+    root = root or PROJECT_ROOT
+    code = code_closure(modules, root, notebook_code(notebook, root))
+    files = [_under(root, NOTEBOOKS_DIR / notebook), _under(root, registry.REGISTRY_FILE), *code]
+    record = {"code": _hash_files(files, root), "parameters": parameters, "data": data, "upstream": list(upstream)}
+    return _digest(record)
 
 
 class SetupError(RuntimeError):
@@ -226,6 +361,9 @@ def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
     # `make venv` writes is not there after a plain `pip install -r requirements.txt`).
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *(p for p in paths if p != str(PROJECT_ROOT))])
+    # Kernels inherit it: papermill keeps a kernel's output as text in the executed notebook and the log,
+    # where a progress bar redrawn in place piles up as fragments; lib/progress.py writes plain lines instead.
+    os.environ.setdefault("HISTO_PROGRESS", "plain")
     print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
     start = time.perf_counter()
     try:
@@ -248,21 +386,49 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: str, outputs: list[Path] = ()) -> bool:
-    """Execute unless the last successful execution had the same fingerprint and its `outputs`
-    (a run's result.json, the evaluation's) are still there. True if it ran."""
-    stamp_file = executed_dir / ".stamps" / (notebook + ".stamp")
+def _stamp_file(notebook: str, executed_dir: Path) -> Path:
+    return executed_dir / ".stamps" / (notebook + ".stamp")
+
+
+def _unchanged(notebook: str, executed_dir: Path, stamp: str, outputs: list[Path] = ()) -> bool:
+    """True (and says so) when the notebook's last successful execution had fingerprint `stamp`
+    and its executed copy and `outputs` are still there; False otherwise, forgetting that stamp."""
+    stamp_file = _stamp_file(notebook, executed_dir)
     if stamp_file.is_file() and stamp_file.read_text() == stamp and (executed_dir / notebook).is_file():
         gone = [str(path) for path in outputs if not Path(path).is_file()]
         if not gone:
             print(f"=== {notebook}: unchanged since its last successful execution, skipped", flush=True)
-            return False
+            return True
         print(f"=== {notebook}: unchanged, but what it wrote is gone ({', '.join(gone)}): executing it again", flush=True)
-    stamp_file.unlink(missing_ok=True)
-    execute(notebook, executed_dir, parameters)
+    stamp_file.unlink(missing_ok=True)  # a failure from here on must not leave the old stamp to pass for this one
+    return False
+
+
+def _record_stamp(notebook: str, executed_dir: Path, stamp: str) -> None:
+    stamp_file = _stamp_file(notebook, executed_dir)
     stamp_file.parent.mkdir(parents=True, exist_ok=True)
     stamp_file.write_text(stamp)
+
+
+def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: str, outputs: list[Path] = (),
+                    redraw: str = "") -> bool:  # fmt: skip
+    """Execute unless the last successful execution had the same fingerprint and its `outputs`
+    (a run's result.json, the evaluation's) are still there. `redraw`, a line saying why, executes
+    it with resume=True: its run's training is unchanged and its result kept, so `fit` returns
+    that result without training and the notebook redraws around it. True if it ran."""
+    if _unchanged(notebook, executed_dir, stamp, outputs):
+        return False
+    if redraw:
+        print(redraw, flush=True)
+        parameters = parameters | {"resume": True}
+    execute(notebook, executed_dir, parameters)
+    _record_stamp(notebook, executed_dir, stamp)
     return True
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user reads it: relative to the project root when it lies below it."""
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def ensure_data(data_dir: Path) -> None:
@@ -368,37 +534,63 @@ def run_all(settings: dict | None = None) -> None:
     ensure_data(Path(first.data_dir))
     data = data_fingerprint(read_run_layout(first))
     weights = preflight(configs.values())
-    stamps = []
+    trainings = []
     for run, config in configs.items():
         notebook = registry.run_entry(run)["notebook"]
-        # A network without pretrained weights does not rerun for a weights file given to the others.
         # `resume` says how to reach a run's result, not what it is: `make run-all RESUME=true` after an
         # interruption skips the finished runs and continues the interrupted one.
-        ignored = {"profile_reason", "resume"} | ({"head", "weights", "weights_path", "weights_strict"} if config.model != "resnet50" else set())
-        resolved = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored} | {"weights file": weights.get(run)}
-        stamp = fingerprint(notebook, resolved, data)
+        training = training_fingerprint(training_parameters(config, weights.get(run)), data)
+        stamp = fingerprint(notebook, {}, data, upstream=[training])
+        folder = RunFolder(config.run_dir)
+        redraw = ""
+        if folder.has_result() and folder.training_fingerprint() == training:
+            redraw = (f"=== {notebook}: training unchanged since its last run; re-executing it to redraw from "
+                      f"{_shown(folder.path)} without training")  # fmt: skip
         given, left_out = per_run[run]
         if left_out:
             print(left_out, flush=True)
         try:
-            _run_if_changed(notebook, executed_dir, given, stamp, outputs=[RunFolder(config.run_dir).result_file])
+            if _run_if_changed(notebook, executed_dir, given, stamp, outputs=[folder.result_file], redraw=redraw):
+                folder.record_training_fingerprint(training)
         except NotebookFailed as error:
             raise NotebookFailed(f"{error}{resume_hint(config, settings)}") from None
         except KeyboardInterrupt:  # Ctrl-C: the kernel stops with the pipeline; what it saved stays
             raise NotebookFailed(f"notebooks/{notebook} was interrupted{resume_hint(config, settings)}") from None
-        stamps.append(stamp)
+        trainings.append(training)
     if runs != registry.run_names():
         print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
         return
     evaluation_parameters = {"runs_dir": first.runs_dir, "reports_dir": str(executed_dir.parent)} | (
         {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
-    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=stamps)
+    # The evaluation scores the runs' best checkpoints: their training decides them, not how their notebooks draw.
+    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=trainings)
     _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp, outputs=[executed_dir.parent / "evaluation.json"])
 
 
+def _file_identity(path: Path) -> list:
+    """[size, time] of a file, or ["absent"]: tells a file rewritten since (by a notebook run by hand) from the one recorded."""
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else ["absent"]
+
+
+def report_inputs(runs_dir: Path, reports_dir: Path) -> list:
+    """What the report reads besides its code and the registry, as recorded on disk: each registry run's
+    training fingerprint and its result.json's identity (a run trained outside the pipeline has no
+    fingerprint, and its result.json tells it apart), the evaluation's fingerprint and its
+    evaluation.json's identity."""
+    from lib.training.run_folder import RunFolder
+
+    runs = {run: RunFolder(runs_dir / run) for run in registry.run_names()}
+    evaluation_stamp = _stamp_file(EVALUATION_NOTEBOOK, reports_dir / "executed")
+    return [*([run, folder.training_fingerprint(), _file_identity(folder.result_file)] for run, folder in runs.items()),
+            ["evaluation", evaluation_stamp.read_text() if evaluation_stamp.is_file() else None,
+             _file_identity(reports_dir / "evaluation.json")]]  # fmt: skip
+
+
 def report(settings: dict | None = None) -> Path:
-    """Execute the report notebook over the runs' saved results and render HTML (and PDF)."""
-    from lib.report.render import render_html, render_pdf
+    """Execute the report notebook over the runs' saved results and render HTML (and PDF, where a
+    Chromium is installed), unless nothing it reads changed since it last did and the reports it
+    wrote are still there. Returns the HTML report's path."""
+    from lib.report.render import find_chromium, render_html, render_pdf
 
     settings = dict(settings or {})
     unknown = sorted(set(settings) - {"runs_dir", "reports_dir"})
@@ -407,12 +599,22 @@ def report(settings: dict | None = None) -> Path:
     runs_dir = resolve(convert("runs_dir", settings.pop("runs_dir")) if "runs_dir" in settings else RUNS_DIR)
     reports_dir = resolve(settings.pop("reports_dir", None) or REPORTS_DIR)
     executed_dir = reports_dir / "executed"
-    execute(REPORT_NOTEBOOK, executed_dir, {"runs_dir": str(runs_dir), "reports_dir": str(reports_dir)})
-    html = render_html(executed_dir / REPORT_NOTEBOOK, reports_dir / "report.html")
+    parameters = {"runs_dir": str(runs_dir), "reports_dir": str(reports_dir)}
+    templates = sorted(path for path in (PROJECT_ROOT / RENDERING_TEMPLATES).rglob("*") if path.is_file())
+    stamp = fingerprint(REPORT_NOTEBOOK, parameters, "", upstream=[*report_inputs(runs_dir, reports_dir), _hash_files(templates)],
+                        modules=RENDERING_MODULES)  # fmt: skip
+    chromium = find_chromium()
+    html, pdf = reports_dir / "report.html", reports_dir / "report.pdf"
+    if _unchanged(REPORT_NOTEBOOK, executed_dir, stamp, outputs=[html, *([pdf] if chromium else [])]):
+        print(f"=== report unchanged: {html}{f' and {pdf}' if chromium else ''} kept", flush=True)
+        return html
+    execute(REPORT_NOTEBOOK, executed_dir, parameters)
+    html = render_html(executed_dir / REPORT_NOTEBOOK, html)
     print(f"=== report written: {html}", flush=True)
-    pdf = render_pdf(executed_dir / REPORT_NOTEBOOK, reports_dir / "report.pdf")
+    pdf = render_pdf(executed_dir / REPORT_NOTEBOOK, pdf, chromium)
     if pdf:
         print(f"=== report written: {pdf}", flush=True)
+    _record_stamp(REPORT_NOTEBOOK, executed_dir, stamp)  # only once both are written: a failed rendering renders again
     return html
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.config import RunConfig
+from lib.config import PRETRAINED_FIELDS, RunConfig
 from lib.data import (FileTileDataset, Split, TileBatches, TileIndex, TileSet, batch_plan, load_tile_set, make_loader, make_split,
                       original_augmentation, read_run_layout, resolve_sizes)
 from lib.metrics import class_counts, majority_rate
@@ -258,7 +258,9 @@ def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
     re-execute a finished run's notebook without training it again. None otherwise."""
     if not folder.has_result() or not folder.config_file.is_file():
         return None
-    if _changed_parameters(folder.read_config(), dataclasses.asdict(config)):
+    # A weights file given to every run (`make run-all WEIGHTS=...`) leaves a network without pretrained weights as it was.
+    unused = set(PRETRAINED_FIELDS) if config.model != "resnet50" else set()
+    if _changed_parameters(folder.read_config(), dataclasses.asdict(config), also_ignore=unused):
         return None  # other parameters: _resume_state names them
     result = folder.result()
     return result if len(result.history) >= config.epochs else None

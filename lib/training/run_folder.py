@@ -8,6 +8,9 @@
     last.pt        everything needed to continue (model, optimizer, scheduler, epoch, random state)
     result.json    the run's summary: what the report reads
     tensorboard/   the original's scalar tags
+    training.fingerprint   what the training depended on (lib/pipeline.py's training_fingerprint), written
+                   by the pipeline after the run's notebook succeeded: a later `make run-all` whose training is
+                   unchanged redraws the notebook from this result instead of training again
 
 Every file is written to a temporary name and renamed, so an interruption leaves the previous one
 whole. Checkpoints are plain dicts of tensors and numbers, loaded with `weights_only=True`.
@@ -29,7 +32,9 @@ from lib.paths import resolve
 
 CHECKPOINTS = ("initial", "best", "last")
 # A fresh start removes these, so that a later resume cannot continue another run's state.
-_STALE_ON_FRESH_START = ("last.pt", "best.pt", "history.json", "result.json", "split.csv")
+# training.fingerprint goes too: a run trained outside the pipeline (its notebook in JupyterLab) must not
+# pass for the one the pipeline recorded.
+_STALE_ON_FRESH_START = ("last.pt", "best.pt", "history.json", "result.json", "split.csv", "training.fingerprint")
 
 
 def save_atomically(obj, path: Path) -> None:
@@ -104,6 +109,10 @@ class RunFolder:
     def tensorboard_dir(self) -> Path:
         return self.path / "tensorboard"
 
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.path / "training.fingerprint"
+
     def checkpoint_file(self, which: str) -> Path:
         """`which`: "initial", "best" or "last"."""
         if which not in CHECKPOINTS:
@@ -139,6 +148,11 @@ class RunFolder:
     def save_checkpoint(self, which: str, state: dict) -> None:
         save_atomically(state, self.checkpoint_file(which))
 
+    def record_training_fingerprint(self, fingerprint: str) -> None:
+        tmp = self.fingerprint_file.with_name(self.fingerprint_file.name + ".tmp")
+        tmp.write_text(fingerprint)
+        os.replace(tmp, self.fingerprint_file)
+
     # Reading
     def _require(self, path: Path) -> Path:
         if not path.is_file():
@@ -169,6 +183,11 @@ class RunFolder:
 
     def has_result(self) -> bool:
         return self.result_file.is_file()
+
+    def training_fingerprint(self) -> str | None:
+        """The training fingerprint the pipeline recorded after the run last succeeded; None when
+        there is none (never run by the pipeline, or trained afresh since)."""
+        return self.fingerprint_file.read_text() if self.fingerprint_file.is_file() else None
 
     def load_checkpoint(self, which: str) -> dict:
         return load_checkpoint(self._require(self.checkpoint_file(which)))
