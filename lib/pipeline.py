@@ -153,13 +153,29 @@ def checked_settings(settings: dict) -> tuple[dict, dict]:
     return parameters, options
 
 
+def _code_of(path: Path) -> bytes:
+    """What a file contributes to a fingerprint: for Python, its syntax tree without docstrings
+    (comments are not in it either), so that rewording a docstring or a comment, such as the module
+    map in lib/__init__.py, reruns nothing; for any other file, its bytes."""
+    if path.suffix != ".py":
+        return path.read_bytes()
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 def _hash_files(paths, root: Path | None = None) -> str:
-    """One digest of the files' names (relative to `root`, the project root by default) and contents."""
+    """One digest of the files' names (relative to `root`, the project root by default) and code
+    (_code_of: Python without its docstrings and comments, other files whole)."""
     root = root or PROJECT_ROOT
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_of(path))
     return digest.hexdigest()
 
 

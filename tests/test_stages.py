@@ -22,9 +22,10 @@ def copy_of_project(root: Path) -> Path:
     return root
 
 
-def append_comment(root: Path, module: str) -> None:
+def append_code(root: Path, module: str) -> None:
+    """A change to what the module runs (a new name), as a one-line edit of a figure or a loop is."""
     path = root / "lib" / module
-    path.write_text(path.read_text() + "\n# a change that alters nothing it computes\n")
+    path.write_text(path.read_text() + "\n_EDITED_IN_A_TEST = True\n")
 
 
 def test_the_training_code_is_what_lib_training_imports_and_nothing_of_the_report_or_doors():
@@ -77,13 +78,17 @@ def test_a_figure_change_keeps_every_training_fingerprint_and_a_training_change_
     training, notebooks = fingerprints()
     assert (training, notebooks) == fingerprints()
     assert len(set(training.values())) == len(training), "each run's config tells its training apart"
-    append_comment(root, "report/figures.py")
+    append_code(root, "report/figures.py")
     after_figures = fingerprints()
     assert after_figures[0] == training, "a figure's code trains nothing again"
     assert all(after_figures[1][run] != notebooks[run] for run in notebooks), "every run notebook draws with it"
-    append_comment(root, "report/results.py")
+    append_code(root, "report/results.py")
     assert fingerprints() == after_figures, "the report's sentences are no run notebook's code"
-    append_comment(root, "training/loop.py")
+    for module in ("__init__.py", "training/loop.py"):  # a comment or docstring reworded retrains nothing
+        path = root / "lib" / module
+        path.write_text(path.read_text().replace('"""', '"""Reworded. ', 1) + "\n# a comment that computes nothing\n")
+    assert fingerprints() == after_figures, "docstrings and comments are not the code that trains"
+    append_code(root, "training/loop.py")
     after_loop = fingerprints()
     assert all(after_loop[0][run] != training[run] for run in training), "the training loop retrains every run"
 
@@ -140,7 +145,7 @@ def test_a_figure_change_redraws_every_run_without_training_and_a_loop_change_re
     pipeline.run_all(settings)
     assert len(executions) == 5, "nothing changed: nothing executes"
 
-    append_comment(root, "report/figures.py")
+    append_code(root, "report/figures.py")
     capsys.readouterr()
     pipeline.run_all(settings)
     assert executions[5:] == [(notebook, True) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)], (
@@ -152,7 +157,7 @@ def test_a_figure_change_redraws_every_run_without_training_and_a_loop_change_re
     pipeline.run_all(settings)
     assert len(executions) == 10, "redrawn: nothing to do again"
 
-    append_comment(root, "training/loop.py")
+    append_code(root, "training/loop.py")
     pipeline.run_all(settings)
     assert executions[10:] == [(notebook, None) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)]
     assert trained == runs * 2, "the training loop changed: every run trains again"
@@ -163,7 +168,7 @@ def test_a_run_trained_afresh_outside_the_pipeline_is_not_redrawn_as_the_one_rec
     pipeline.run_all(settings | {"runs": "baseline"})
     RunFolder(Path(settings["runs_dir"]) / "baseline").start(fresh=True)  # its notebook run by hand: the record goes with the old result
     RunFolder(Path(settings["runs_dir"]) / "baseline").write_result({})
-    append_comment(root, "report/figures.py")
+    append_code(root, "report/figures.py")
     pipeline.run_all(settings | {"runs": "baseline"})
     assert executions == [("01_baseline_cnn.ipynb", None)] * 2 and trained == ["baseline"] * 2
 
@@ -189,15 +194,15 @@ def test_the_report_is_skipped_when_nothing_it_reads_changed(fake_workbook, monk
     assert executions.count((pipeline.REPORT_NOTEBOOK, None)) == 1 and rendered == ["report.html", "pdf"]
     assert "=== 06_report.ipynb: unchanged since its last successful execution, skipped" in capsys.readouterr().out
 
-    append_comment(root, "report/results.py")  # a sentence of the report: no run or evaluation executes, the report does
+    append_code(root, "report/results.py")  # a sentence of the report: no run or evaluation executes, the report does
     pipeline.run_all(settings)
     pipeline.report(folders)
     assert executions[5:] == [(pipeline.REPORT_NOTEBOOK, None)] * 2
-    append_comment(root, "report/render.py")
+    append_code(root, "report/render.py")
     pipeline.report(folders)
     (Path(settings["reports_dir"]) / "report.html").unlink()
     pipeline.report(folders)
-    append_comment(root, "training/loop.py")  # every run retrains, the evaluation reruns, and the report with them
+    append_code(root, "training/loop.py")  # every run retrains, the evaluation reruns, and the report with them
     pipeline.run_all(settings)
     pipeline.report(folders)
     pipeline.report(folders)
