@@ -96,3 +96,16 @@ def lc25000_tree(root: Path, per_class: int = 3) -> Path:
                 seed += 1
                 write_tile(top / organ / name / f"{name.replace('_', '')}{i}.jpeg", seed, size=24)
     return top
+
+
+def idc_tree(root: Path, patients=("10253", "10254", "12868"), classes=("0", "1"), middle: tuple[str, ...] = (),
+             per_folder: int = 2) -> Path:
+    """Kaggle's IDC (Breast Histopathology Images) in small: <patient>/<class>/<patient>_idx5_x<x>_y<y>_class<c>.png,
+    16x16 tiles; `middle` puts folders between patient and class (a magnification: <patient>/40X/<class>/)."""
+    seed = 200
+    for patient in patients:
+        for name in classes:
+            for i in range(per_folder):
+                seed += 1
+                write_tile(root.joinpath(patient, *middle, name, f"{patient}_idx5_x{50 * i + 1}_y51_class{name}.png"), seed, size=16)
+    return root

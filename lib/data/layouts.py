@@ -7,7 +7,7 @@ Five layouts, tried in this order (the first that fits wins, and the run records
   csv            a CSV with a header naming path,label[,group]; paths relative to the CSV
   class-folders  two folders of images, one per class (torchvision's ImageFolder), the images at any
                  depth below them; or any folders of the tree mapped to 0 and 1 by class_map; a folder
-                 level may name the group (group_level)
+                 level may name the group (group_level), above the class folders too (<patient>/0/, <patient>/1/)
 Every problem found in the labels is reported at once, each kind with its first ten offenders and a
 count, so one fix-and-rerun cycle is enough. Label files are read in the encodings and delimiters
 spreadsheets write; a folder that matches no layout is answered with where its images are and the
@@ -439,19 +439,77 @@ def _numbered(parts: tuple[str, ...], class_depth: int, source: Path) -> str:
 
 
 def _groups_at(group_level: int, found, class_depths: list[int]) -> np.ndarray:
-    """The name of the folder `group_level` levels below each image's class folder (negative: above
-    the image, -1 its own folder). Raises LayoutError, with an example, where an image has no such level."""
-    groups, short = [], []
+    """The name of the folder `group_level` levels below each image's class folder, or, negative,
+    up from the image (-1 its own folder), past the class folder too: -2 is the patient of IDC's
+    <patient>/0/<image>. Raises LayoutError, with an example, where an image has no such level or
+    the level is its class folder (grouping by class would put each class on one side of the split)."""
+    groups, short, on_class = [], [], []
     for (parts, source), depth in zip(found, class_depths):
-        below = parts[depth + 1 :]
-        if abs(group_level) > len(below):
+        if group_level > 0:
+            below = parts[depth + 1 :]
+            if group_level > len(below):
+                short.append(_numbered(parts, depth, source))
+                continue
+            groups.append(below[group_level - 1])
+        elif -group_level > len(parts):
             short.append(_numbered(parts, depth, source))
-            continue
-        groups.append(below[group_level - 1] if group_level > 0 else below[group_level])
+        elif len(parts) + group_level == depth:
+            on_class.append(f"{parts[depth]} in {'/'.join((*parts, source.name))}")
+        else:
+            groups.append(parts[group_level])
+    if on_class:
+        raise LayoutError(f"group_level={group_level} names the class folder itself ({_first(on_class, 3)}), and a class is not a "
+                          "group: the split would put each class on one side. Count -1, -2, ... up from the image to the folder of "
+                          "the patient or slide")  # fmt: skip
     if short:
         raise LayoutError(f"group_level={group_level} names a folder level that some images lack (levels below the class folder "
                           f"are numbered 1, 2, ... from the top, -1, -2, ... from the image): {_first(short, 3)}")  # fmt: skip
     return np.array(groups)
+
+
+def _classes_below_groups(found) -> tuple[int, list[str]] | None:
+    """Where class folders repeat below folders that group them (IDC's <patient>/0/ and <patient>/1/,
+    or <patient>/<magnification>/<class>/): the depth of the class folders and their names, when one
+    level below the top holds, above every image, names that all say cancer or normal (both kinds),
+    each under at least two parent folders. None otherwise: no guess where a name says neither."""
+    for depth in range(1, max(len(parts) for parts, _ in found)):
+        if any(len(parts) <= depth for parts, _ in found):
+            return None  # an image above this level: no deeper level holds every image's class
+        names = {parts[depth] for parts, _ in found}
+        if {class_meaning(name) for name in names} != {"tumour", "normal"}:
+            continue
+        parents = {name: {parts[:depth] for parts, _ in found if parts[depth] == name} for name in names}
+        if all(len(held_by) >= 2 for held_by in parents.values()):
+            return depth, sorted(names, key=_natural_key)
+    return None
+
+
+def _group_level_above(found, class_depth: int) -> tuple[int | None, int]:
+    """The folder level above class folders at `class_depth` that names the patient or slide: the
+    one with the most distinct names (a patient's, not a magnification's), as its depth, and as the
+    group_level that counts up to it from every image; None for that where images sit at different
+    depths (no one negative level reaches it from all of them)."""
+    level = max(range(class_depth), key=lambda k: (len({parts[k] for parts, _ in found}), k))
+    lengths = {len(parts) for parts, _ in found}
+    return (level - lengths.pop() if len(lengths) == 1 else None), level
+
+
+def _read_it_grouped(found, class_depth: int, names: list[str], class_map: str) -> str:
+    """What to paste to read class folders below group folders leak-free, in words: the class_map
+    (given, or from the names) and the group_level that names each image's patient or slide."""
+    group_level, level = _group_level_above(found, class_depth)
+    parents = sorted({parts[level] for parts, _ in found}, key=_natural_key)
+    parts, source = found[0]
+    example = "/".join((*parts, source.name))
+    held = f"{_first(parents, 3)} each hold {' and '.join(name + '/' for name in names)}, as in {example}"
+    if group_level is None:
+        return (f"{held}; the images sit at different depths, so no one group_level counts up to the patient or slide folder "
+                f"({parts[level]} there) from every image: read the set with class_map='{class_map}' and give the groups in a "
+                "CSV's group column (the csv layout)")  # fmt: skip
+    return (f"{held}. Read them leak-free with class_map='{class_map}', group_level={group_level} in a notebook, or "
+            f"CLASS_MAP={class_map} GROUP_LEVEL={group_level} for make: group_level={group_level} makes each image's group its folder "
+            f"at level {group_level}, counted up from the image (-1 its own folder; {parts[level]} for {source.name}), so the split "
+            "keeps each patient or slide on one side")  # fmt: skip
 
 
 def _read_class_folders(data_dir: Path, positive_class: str, class_map: str, group_level: int) -> TileIndex | None:
@@ -495,6 +553,14 @@ def _read_class_folders(data_dir: Path, positive_class: str, class_map: str, gro
                          f"{', '.join(list(left_out)[:5])}{', ...' if len(left_out) > 5 else ''} ({len(left_out)} folders)")  # fmt: skip
     else:
         names = sorted({parts[0] for parts, _ in found})
+        two_classes = len(names) == 2 and {class_meaning(name) for name in names} == {"tumour", "normal"}
+        below_groups = None if two_classes else _classes_below_groups(found)
+        if below_groups:  # IDC's <patient>/0/, <patient>/1/: the classes are one level down, the top folders are patients
+            depth, classes = below_groups
+            suggested = _suggested_map(classes)
+            raise LayoutError(f"{data_dir}: its class folders ({', '.join(classes)}) sit below folders that look like patients or "
+                              f"slides: {_read_it_grouped(found, depth, classes, suggested)}. The labels in that class_map (1 = cancer, "
+                              "0 = normal) are read from the folder names: check them")  # fmt: skip
         if len(names) != 2:
             raise LayoutError(f"{data_dir}: class folders must be exactly two (one per class) unless class_map maps them to 1 and 0; "
                               f"found {len(names)}: {', '.join(names)}. Map them, e.g. class_map='{_suggested_map(names)}' "
@@ -531,6 +597,10 @@ def _read_class_folders(data_dir: Path, positive_class: str, class_map: str, gro
         groups = _groups_at(group_level, found, class_depths)
         where = f"{group_level} below the class folder" if group_level > 0 else f"{-group_level} up from the image"
         notes.append(f"groups from folder level {where} (group_level={group_level}): {len(set(groups))} groups, each by its folder's name")
+    elif class_map and (repeated := _mapped_below_groups(found, class_depths)):
+        warnings.append(f"the class folders repeat below other folders: {_read_it_grouped(found, class_depths[0], repeated, class_map)}; "
+                        "without a group level the split is random, puts views of one patient on both sides, and validation "
+                        "scores then flatter the model")  # fmt: skip
     elif deepest:
         (parts, source), depth = max(zip(found, class_depths), key=lambda item: len(item[0][0]) - item[1])
         levels = f"{deepest} folder{'s' if deepest > 1 else ''}"
@@ -545,6 +615,18 @@ def _read_class_folders(data_dir: Path, positive_class: str, class_map: str, gro
         train_labels=np.array(labels, dtype=np.int64), train_groups=groups, test_ids=[], test_paths=[], test_labels=None,
         origin=_origin(data_dir), label_rule=rule, ignored=ignored, warnings=warnings,
     )  # fmt: skip
+
+
+def _mapped_below_groups(found, class_depths: list[int]) -> list[str]:
+    """The names of class folders that class_map matched at one depth below the top, each under at
+    least two parent folders (patients or slides: IDC read with class_map='0=0,1=1'); [] otherwise."""
+    depth = class_depths[0]
+    if not depth or any(d != depth for d in class_depths):
+        return []
+    parents: dict[str, set] = {}
+    for parts, _ in found:
+        parents.setdefault(parts[depth], set()).add(parts[:depth])
+    return sorted(parents, key=_natural_key) if all(len(held_by) >= 2 for held_by in parents.values()) else []
 
 
 def _holds_images(folder: Path) -> bool:
@@ -646,8 +728,11 @@ def read_layout(data_dir: str | Path, positive_class: str = "", *, class_map: st
       sets of more than two classes or classes below folders that group them; images in folders it
       does not name are left out, stated in the label rule.
     group_level: a folder level that names each image's group (patient, slide), counted 1, 2, ...
-      down from the class folder or -1, -2, ... up from the image; 0 for none. The split is then grouped.
-    Raises LayoutError naming the file, the line where there is one, and what was expected.
+      down from the class folder or -1, -2, ... up from the image, past the class folder too (-2 is
+      the patient of <patient>/0/<image>); 0 for none. The split is then grouped.
+    Raises LayoutError naming the file, the line where there is one, and what was expected; class
+    folders repeated below patient or slide folders are refused with the class_map and group_level
+    to paste.
     Warnings (a tumour's name labelled 0 by alphabetical order, nested images without groups) are
     printed with WARNING: and kept in the TileIndex's warnings and label_rule."""
     index = _read_layout(Path(data_dir), positive_class, class_map, group_level)
