@@ -25,6 +25,7 @@ SPLITS = ("auto", "random", "grouped")
 INPUT_PIPELINES = ("tensor", "original")
 PRECISIONS = ("auto", "fp32", "bf16")
 MULTI_PAGES = ("refuse", "first", "largest")  # what to do with a file holding several images (multi-page TIFF, animated GIF)
+NON_SQUARES = ("crop", "pad")  # how a tile that is not square becomes square before resizing; never squashed
 
 
 def original_crop(tile_size: int) -> int:
@@ -45,9 +46,12 @@ class RunConfig:
     data_dir: str = str(DEFAULT_DATA_DIR)  # a folder in any supported layout, or a path,label[,group] CSV file (relative: from the project root)
     positive_class: str = ""  # class-folder data sets: the folder labelled 1 (empty: the second alphabetically, stated)
     class_map: str = ""  # class-folder data sets: folders at any level mapped to labels, each folder name, an equals sign and 0 or 1 (1 is cancer), comma-separated (README); images in folders it leaves out are left out, stated; empty: two class folders
-    group_level: int = 0  # class-folder data sets: the folder level naming each image's patient or slide, 1, 2, ... down from the class folder or -1, -2, ... up from the image (-1: its own folder); 0: no groups
+    group_level: int = 0  # class-folder data sets: the folder level naming each image's patient or slide, 1, 2, ... down from the class folder or -1, -2, ... up from the image (-1: its own folder; -2 in <patient>/<class>/<image>: the patient); 0: no groups
     skip_bad_images: bool = False  # True: leave out unreadable image files (counted in the record) instead of stopping
     multi_page: str = "refuse"  # a file holding several images (multi-page TIFF, animated GIF): "refuse" (listed by name before training), "first" (its first image; a pyramid's full resolution) or "largest" (the most pixels)
+    # crop by default, as torchvision's Resize + CenterCrop: every pixel is tissue at one scale. White bands (pad) mark
+    # the non-square tiles, and where tile shapes differ between classes or sources the network can learn the bands.
+    non_square: str = "crop"  # a tile that is not square (BreakHis's 700x460): "crop" (centre-cropped to its shorter side, then resized; the sides are lost) or "pad" (padded to square with white, a slide's background, then resized; the whole tile kept). Never squashed
     subset: int = 0  # labelled tiles drawn (seeded) before the split; 0 for all
     valid_fraction: float = 0.1  # share of the labelled tiles that validate (0 < f < 1)
     split: str = "auto"  # "auto" (grouped when the data names groups), "random" (the original's) or "grouped"
@@ -282,7 +286,8 @@ def write_parameters_cells(notebooks) -> list[Path]:
 
 def _validate(config: RunConfig) -> None:
     for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS),
-                          ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS), ("multi_page", MULTI_PAGES)):
+                          ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS), ("multi_page", MULTI_PAGES),
+                          ("non_square", NON_SQUARES)):
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
     for name in ("epochs", "batch_size"):

@@ -26,7 +26,7 @@ def walk_values(tmp_path, data_dir) -> dict:
         "head": "binary", "weights": "none", "weights_path": str(tmp_path / "unused-by-the-small-cnn.pth"), "weights_strict": True,
         "device": "cpu", "precision": "fp32", "input_pipeline": "original", "loader_workers": 1, "runs_dir": str(tmp_path / "runs"),
         "resume": True, "checkpoint_every_s": 0.0, "title": "every parameter, walked",
-        "multi_page": "first",
+        "multi_page": "first", "non_square": "pad",
         # torch.compile costs minutes on this CPU: compile goes through the same path with its default, given explicitly.
         "compile": False,
     }  # fmt: skip

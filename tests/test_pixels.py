@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.data import BadImagesError, FileTileDataset, decode_tiles, open_tile
+from lib.data import BadImagesError, FileTileDataset, decode_tiles, open_tile, square_tile
 from tests.helpers import halves, write_oriented, write_tiff
 
 
@@ -81,7 +81,7 @@ def test_every_exif_orientation_gives_the_upright_pixels(tmp_path, orientation):
     source = write_oriented(tmp_path / "tile.png", upright, orientation)
     image, _, shape = open_tile(source, size=32)
     assert shape == "20x12"
-    assert np.array_equal(np.asarray(image), np.asarray(upright.resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=None)))
+    assert np.array_equal(np.asarray(image), np.asarray(square_tile(upright, 32)))  # turned first, then made square and resized
 
 
 def test_a_16_bit_tiff_with_an_orientation_tag_is_turned_too(tmp_path):

@@ -15,7 +15,8 @@ Nothing here imports models, training or the report.
 
 from lib.data.batches import FileTileDataset, TileBatches, batch_plan, make_loader, original_augmentation, streamed
 from lib.data.cache import PROCESS_DECODE_MIN, TileCache, decode_tiles
-from lib.data.decode import TILE_SIZE, BadImagesError, DecodeRecord, MultiPageError, decode_tile, open_tile, read_tile, source_signature
+from lib.data.decode import (TILE_SIZE, BadImagesError, DecodeRecord, MultiPageError, decode_tile, open_tile, read_tile, source_signature,
+                             square_tile)
 from lib.data.layouts import LAYOUTS, H5Tile, LayoutError, TileIndex, TileSource, read_layout
 from lib.data.splits import Split, given_split, grouped_split, seeded_split
 from lib.data.tiles import TileSet, choose_tile_size, crop_for, drawn_rows, load_tile_set, make_split, read_run_layout, resolve_sizes
@@ -25,5 +26,5 @@ __all__ = [
     "PROCESS_DECODE_MIN", "Split", "TILE_SIZE", "TileBatches", "TileCache", "TileIndex", "TileSet", "TileSource",
     "batch_plan", "choose_tile_size", "crop_for", "decode_tile", "decode_tiles", "given_split", "grouped_split",
     "drawn_rows", "load_tile_set", "make_loader", "make_split", "open_tile", "original_augmentation", "read_layout", "read_run_layout",
-    "read_tile", "resolve_sizes", "seeded_split", "source_signature", "streamed",
+    "read_tile", "resolve_sizes", "seeded_split", "source_signature", "square_tile", "streamed",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from lib.data.augment import augment_batch
-from lib.data.decode import check_multi_page, open_tile
+from lib.data.decode import check_multi_page, check_non_square, open_tile
 from lib.data.layouts import TileSource
 
 def original_augmentation(crop_size: int) -> v2.Compose:
@@ -27,16 +27,18 @@ class FileTileDataset(Dataset):
     transforms run on the PIL image, one image at a time, then ToTensor. For comparison, and for
     data sets too large to keep decoded."""
 
-    def __init__(self, sources: list[TileSource], labels: torch.Tensor, size: int, transform=None, multi_page: str = "refuse"):
+    def __init__(self, sources: list[TileSource], labels: torch.Tensor, size: int, transform=None, multi_page: str = "refuse",
+                 non_square: str = "crop"):  # fmt: skip
         check_multi_page(multi_page)
-        self.multi_page = multi_page
+        check_non_square(non_square)
+        self.multi_page, self.non_square = multi_page, non_square
         self.sources, self.labels, self.size, self.transform = sources, labels, size, transform
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, i: int):
-        image, _, _ = open_tile(self.sources[i], self.size, self.multi_page)
+        image, _, _ = open_tile(self.sources[i], self.size, self.multi_page, self.non_square)
         if self.transform is not None:
             image = self.transform(image)
         tile = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lib.data.decode import TILE_SIZE, BadImagesError, DecodeRecord, check_multi_page, decode_tile, source_signature
+from lib.data.decode import (TILE_SIZE, BadImagesError, DecodeRecord, check_multi_page, check_non_square, decode_tile, source_signature,
+                             square_tile)
 from lib.data.layouts import H5Tile, TileSource
 from lib.paths import TILE_CACHE_DIR
 from lib.progress import progress
 
-CACHE_VERSION = 3  # bump when decoding or the cache's files change, so that old caches are not reused (2: row-by-row cache; 3: EXIF orientation, >8-bit scaling, pages)
+CACHE_VERSION = 4  # bump when decoding or the cache's files change, so that old caches are not reused (2: row-by-row cache; 3: EXIF orientation, >8-bit scaling, pages; 4: non-square tiles cropped or padded, not squashed)
 
 
 # A tile's row in the cache: not decoded yet, decoded, or unreadable (its reason kept in the cache's meta).
@@ -32,10 +33,10 @@ PROCESS_DECODE_MIN = 2048
 _CHUNK = 256  # tiles per task handed to a worker process
 
 
-def _content_key(sources: list[TileSource], multi_page: str = "refuse") -> str:
-    """Identifies the data set's files and their content (sizes and times) and how files of several
-    images are read, whatever the tile size."""
-    digest = hashlib.sha256(repr((CACHE_VERSION, multi_page)).encode())
+def _content_key(sources: list[TileSource], multi_page: str = "refuse", non_square: str = "crop") -> str:
+    """Identifies the data set's files and their content (sizes and times), how files of several
+    images are read and how tiles that are not square are made square, whatever the tile size."""
+    digest = hashlib.sha256(repr((CACHE_VERSION, multi_page, non_square)).encode())
     h5_stats: dict[Path, os.stat_result] = {}
     for source in sources:
         if isinstance(source, H5Tile):  # one stat per HDF5 file, not one per row
@@ -66,12 +67,13 @@ def _start_worker(data_file: str | None) -> None:
         _worker_file = (os.open(data_file, os.O_WRONLY), np.load(data_file, mmap_mode="r").offset)
 
 
-def _decode_chunk(chunk: list[tuple[int, str]], size: int, multi_page: str = "refuse") -> list[tuple[int, str, str, str, dict]]:
+def _decode_chunk(chunk: list[tuple[int, str]], size: int, multi_page: str = "refuse",
+                  non_square: str = "crop") -> list[tuple[int, str, str, str, dict]]:  # fmt: skip
     """In a worker process: decode files into the shared cache; (row, error, mode, "WxH", notes) for each."""
     done = []
     for row, path in chunk:
         try:
-            tile, mode, shape, notes = decode_tile(Path(path), size, multi_page)
+            tile, mode, shape, notes = decode_tile(Path(path), size, multi_page, non_square)
         except Exception as error:  # PIL raises several types; every one means "not a usable image"
             done.append((row, f"{type(error).__name__}: {error}", "", "", {}))
             continue
@@ -105,11 +107,13 @@ class TileCache:
     header (width, height, mode code; -1 not looked at yet). <key> covers every file's size and time:
     a changed file gives a new cache, and the old one is removed."""
 
-    def __init__(self, sources: list[TileSource], cache_dir: str | Path | None, keep_tiles: bool = True, multi_page: str = "refuse"):
+    def __init__(self, sources: list[TileSource], cache_dir: str | Path | None, keep_tiles: bool = True, multi_page: str = "refuse",
+                 non_square: str = "crop"):  # fmt: skip
         if not sources:
             raise ValueError("no tiles to decode")
         check_multi_page(multi_page)
-        self.sources, self.keep_tiles, self.multi_page = sources, keep_tiles, multi_page
+        check_non_square(non_square)
+        self.sources, self.keep_tiles, self.multi_page, self.non_square = sources, keep_tiles, multi_page, non_square
         self.cache_dir = Path(cache_dir) if cache_dir and keep_tiles else None
         self.size, self.array, self.state, self.decoded_now = 0, None, None, 0
         # "notes": per decoded row, what decoding did beyond resizing (EXIF orientation, bit depth, pages).
@@ -117,7 +121,7 @@ class TileCache:
         self.headers = np.full((len(sources), 3), -1, dtype=np.int32)
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.key = _content_key(sources, multi_page)
+            self.key = _content_key(sources, multi_page, non_square)
             meta_file, headers_file = self._file(".json"), self._file(".headers.npy")
             if meta_file.is_file() and headers_file.is_file():
                 self.meta, self.headers = json.loads(meta_file.read_text()), np.load(headers_file)
@@ -239,8 +243,8 @@ class TileCache:
                 # fork, as DataLoader's workers: the workers start at once and only run PIL and numpy.
                 with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork"),
                                          initializer=_start_worker, initargs=(data_file,)) as pool:  # fmt: skip
-                    futures = [pool.submit(_decode_chunk, chunk, size, self.multi_page) if size else pool.submit(_header_chunk, chunk)
-                               for chunk in chunks]  # fmt: skip
+                    futures = [pool.submit(_decode_chunk, chunk, size, self.multi_page, self.non_square) if size
+                               else pool.submit(_header_chunk, chunk) for chunk in chunks]  # fmt: skip
                     for future in as_completed(futures):
                         done = future.result()
                         results += done
@@ -257,7 +261,7 @@ class TileCache:
     def _run_threads(self, rows: np.ndarray, size: int, bar) -> list:
         def work(row: int):
             try:
-                tile, mode, shape, notes = decode_tile(self.sources[row], size, self.multi_page)
+                tile, mode, shape, notes = decode_tile(self.sources[row], size, self.multi_page, self.non_square)
             except Exception as error:  # PIL raises several types; every one means "not a usable image"
                 return row, f"{type(error).__name__}: {error}", "", "", {}
             if self.array is not None:
@@ -290,8 +294,7 @@ class TileCache:
                 block = dataset[first:last][wanted - first] if last - first <= 4 * len(wanted) else dataset[wanted]
                 height, width = block.shape[1:3]
                 if (height, width) != (self.size, self.size):
-                    block = np.stack([np.asarray(Image.fromarray(tile).resize((self.size, self.size), Image.Resampling.BILINEAR,
-                                                                              reducing_gap=None)) for tile in block])  # fmt: skip
+                    block = np.stack([np.asarray(square_tile(Image.fromarray(tile), self.size, self.non_square)) for tile in block])
                 if self.array is not None:
                     self.array[cache_rows] = block.transpose(0, 3, 1, 2)
                 self.state[cache_rows] = DECODED
@@ -326,7 +329,8 @@ class TileCache:
             for name, key in row_notes.get(str(row), {}).items():
                 counted[name][key] += 1
         return DecodeRecord(resized=dict(resized), converted=dict(converted), oriented=dict(counted["oriented"]),
-                            rescaled=dict(counted["rescaled"]), pages=dict(counted["pages"]), bad=bad, cache=self.describe(len(rows)))  # fmt: skip
+                            rescaled=dict(counted["rescaled"]), pages=dict(counted["pages"]), non_square=self.non_square, bad=bad,
+                            cache=self.describe(len(rows)))  # fmt: skip
 
     def describe(self, n_rows: int) -> str:
         if self.cache_dir is None:
@@ -354,13 +358,13 @@ def _forget_older_caches(cache_dir: Path, first: str) -> None:
 
 def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "decoding tiles",
                  skip_bad_images: bool = False, cache_dir: str | Path | None = TILE_CACHE_DIR,
-                 multi_page: str = "refuse") -> tuple[torch.Tensor, np.ndarray, DecodeRecord]:
+                 multi_page: str = "refuse", non_square: str = "crop") -> tuple[torch.Tensor, np.ndarray, DecodeRecord]:
     """Every source decoded to one (N_ok, 3, size, size) uint8 tensor, the (N,) bool mask of the
     sources kept, and what decoding did. Bad files are all found first and listed in one
     BadImagesError, unless `skip_bad_images`, which leaves them out and records how many. With
     `cache_dir`, the tensor lies over the memory-mapped cache (no copy, unless files were skipped:
     then the kept rows are gathered), reused while no file changes."""  # fmt: skip
-    cache = TileCache(sources, cache_dir, multi_page=multi_page)
+    cache = TileCache(sources, cache_dir, multi_page=multi_page, non_square=non_square)
     rows = np.arange(len(sources))
     cache.open_size(size)
     cache.decode(rows, desc)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lib.config import MULTI_PAGES
+from lib.config import MULTI_PAGES, NON_SQUARES
 from lib.data.layouts import H5Tile, TileSource
 
 TILE_SIZE = 256  # pixels: the original's tiles and the baseline's input; the size for data sets whose tiles differ
@@ -37,14 +37,19 @@ class DecodeRecord:
     oriented: dict[str, int] = field(default_factory=dict)  # EXIF orientation "2".."8" -> count of tiles turned upright by it
     rescaled: dict[str, int] = field(default_factory=dict)  # "mode range" -> count of tiles deeper than 8 bits scaled to 0..255 by that range
     pages: dict[str, int] = field(default_factory=dict)  # how a file holding several images was read -> count
+    non_square: str = "crop"  # how tiles that are not square were made square before resizing (RunConfig.non_square)
     bad: list[list[str]] = field(default_factory=list)  # [file, why] for every file that failed
     skipped: int = 0  # bad files left out because skip_bad_images was asked for
     cache: str = ""  # the cache file, and whether it was read or written
 
     def notes(self, size: int) -> list[str]:
         notes = []
-        if self.resized:
-            notes.append(f"resized to {size}x{size}: " + ", ".join(f"{n} tiles of {s}" for s, n in sorted(self.resized.items())))
+        squares = {shape: n for shape, n in self.resized.items() if len(set(shape.split("x"))) == 1}
+        if squares:
+            notes.append(f"resized to {size}x{size}: " + ", ".join(f"{n} tiles of {s}" for s, n in sorted(squares.items())))
+        for shape, n in sorted(self.resized.items()):
+            if shape not in squares:
+                notes.append(self._squared(shape, n, size))
         if self.converted:
             notes.append("converted to RGB: " + ", ".join(f"{n} {mode} tiles" for mode, n in sorted(self.converted.items())))
         if self.oriented:
@@ -62,6 +67,34 @@ class DecodeRecord:
         if self.skipped:
             notes.append(f"{self.skipped} unreadable file(s) skipped (skip_bad_images): " + ", ".join(f for f, _ in self.bad[:10]))
         return notes
+
+    def _squared(self, shape: str, n: int, size: int) -> str:
+        """What was done to `n` tiles of a non-square `shape` ("700x460"), in words."""
+        width, height = map(int, shape.split("x"))
+        side = min(width, height) if self.non_square == "crop" else max(width, height)
+        done = (f"centre-cropped to {side}x{side} (non_square='crop'; the sides are left out)" if self.non_square == "crop"
+                else f"padded with white to {side}x{side} (non_square='pad'; the whole tile kept)")  # fmt: skip
+        return f"{n} tiles of {shape} {done}" + (f", then resized to {size}x{size}" if side != size else "") + ", never squashed"
+
+
+def square_tile(image: Image.Image, size: int, non_square: str = "crop") -> Image.Image:
+    """An RGB `image` as size x size without changing the shape of what it shows: one that is not
+    square centre-cropped to its shorter side (non_square "crop") or padded to its longer side with
+    white, the background of an H&E slide ("pad"), then resized (bilinear). Returns the new image."""
+    width, height = image.size
+    if width != height:
+        if non_square == "crop":
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+        else:
+            side = max(width, height)
+            padded = Image.new("RGB", (side, side), (255, 255, 255))
+            padded.paste(image, ((side - width) // 2, (side - height) // 2))
+            image = padded
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -233,26 +266,28 @@ def _apply_orientation(image: Image.Image, notes: dict[str, str]) -> Image.Image
     return ImageOps.exif_transpose(image)
 
 
-def open_tile(source: TileSource, size: int = TILE_SIZE, multi_page: str = "refuse") -> tuple[Image.Image, str, str]:
-    """One tile as an RGB PIL image of size x size, with the file's mode and its upright "WxH" (for the record)."""
-    image, mode, shape, _ = _open_tile(source, size, multi_page)
+def open_tile(source: TileSource, size: int = TILE_SIZE, multi_page: str = "refuse",
+              non_square: str = "crop") -> tuple[Image.Image, str, str]:  # fmt: skip
+    """One tile as an RGB PIL image of size x size (square_tile: a non-square one cropped or padded,
+    never squashed), with the file's mode and its upright "WxH" (for the record)."""
+    image, mode, shape, _ = _open_tile(source, size, multi_page, non_square)
     return image, mode, shape
 
 
-def _open_tile(source: TileSource, size: int, multi_page: str) -> tuple[Image.Image, str, str, dict[str, str]]:
+def _open_tile(source: TileSource, size: int, multi_page: str, non_square: str = "crop") -> tuple[Image.Image, str, str, dict[str, str]]:
     image, mode, notes = read_tile(source, multi_page)
     shape = f"{image.width}x{image.height}"
     if image.mode != "RGB":
         image = _to_rgb(image)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return image, mode, shape, notes
+    return square_tile(image, size, non_square), mode, shape, notes
 
 
-def decode_tile(source: TileSource, size: int = TILE_SIZE, multi_page: str = "refuse") -> tuple[np.ndarray, str, str, dict[str, str]]:
-    """One tile as (size, size, 3) uint8 as a viewer shows it, with the file's mode, its upright
-    "WxH" and what reading it did ({DecodeRecord field: key}: oriented, rescaled, pages), for the record."""
-    image, mode, shape, notes = _open_tile(source, size, multi_page)
+def decode_tile(source: TileSource, size: int = TILE_SIZE, multi_page: str = "refuse",
+                non_square: str = "crop") -> tuple[np.ndarray, str, str, dict[str, str]]:  # fmt: skip
+    """One tile as (size, size, 3) uint8 as a viewer shows it (a non-square one cropped or padded
+    as `non_square` says, square_tile), with the file's mode, its upright "WxH" and what reading it
+    did ({DecodeRecord field: key}: oriented, rescaled, pages), for the record."""
+    image, mode, shape, notes = _open_tile(source, size, multi_page, non_square)
     return np.asarray(image, dtype=np.uint8), mode, shape, notes
 
 
@@ -260,6 +295,12 @@ def check_multi_page(multi_page: str) -> None:
     """Raises ValueError, before any file is read, for a multi_page other than those of MULTI_PAGES."""
     if multi_page not in MULTI_PAGES:
         raise ValueError(f"multi_page={multi_page!r} is not one of {', '.join(MULTI_PAGES)}")
+
+
+def check_non_square(non_square: str) -> None:
+    """Raises ValueError, before any file is read, for a non_square other than those of NON_SQUARES."""
+    if non_square not in NON_SQUARES:
+        raise ValueError(f"non_square={non_square!r} is not one of {', '.join(NON_SQUARES)}")
 
 
 def source_signature(source: TileSource) -> list:

@@ -83,7 +83,7 @@ def resolve_sizes(config: RunConfig, index: TileIndex) -> tuple[RunConfig, str]:
     tile when augmenting (crop_for). A config already resolved comes back equal.
     Raises ValueError (crop_for) for a crop larger than the tile."""
     model_input = BASELINE_TILE if config.model == "baseline" else None
-    cache = TileCache(index.train_paths, config.cache_dir or None, config.input_pipeline == "tensor", config.multi_page)
+    cache = TileCache(index.train_paths, config.cache_dir or None, config.input_pipeline == "tensor", config.multi_page, config.non_square)
     size, why = choose_tile_size(cache, drawn_rows(len(index.train_paths), config.seed, config.subset), config.tile_size, model_input)
     crop = crop_for(size, config.crop_size, model_input) if config.augment else config.crop_size
     return replace(config, tile_size=size, crop_size=crop), why
@@ -91,13 +91,15 @@ def resolve_sizes(config: RunConfig, index: TileIndex) -> tuple[RunConfig, str]:
 
 def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool = False,
                   cache_dir: str | Path | None = TILE_CACHE_DIR, keep_tiles: bool = True, subset: int = 0, seed: int = 0,
-                  model_input: int | None = None, multi_page: str = "refuse", size_note: str = "") -> TileSet:  # fmt: skip
+                  model_input: int | None = None, multi_page: str = "refuse", size_note: str = "",
+                  non_square: str = "crop") -> TileSet:  # fmt: skip
     """The labelled tiles of `index` a run uses: with `subset`, that many drawn first (seeded, as the
     split draws them), so only those are decoded; all of them when the data set has no more. `size`
     0 chooses the size (choose_tile_size; `model_input` is a network's fixed input side); a run passes
     the size resolve_sizes chose, with its reason as `size_note` for the notes. Tiles are
     decoded once into the cache (or read from it) and returned over it, not copied; with
-    keep_tiles=False only checked, for the original input path (tiles is then None).
+    keep_tiles=False only checked, for the original input path (tiles is then None). Tiles that are
+    not square are centre-cropped or padded to square as `non_square` says, never squashed.
     Raises BadImagesError (unreadable files, unless skip_bad_images), LayoutError (one class left),
     ValueError (no room for the cache)."""
     n = len(index.train_paths)
@@ -107,7 +109,7 @@ def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool
         notes.append(f"subset={subset} asks for more than the data set's {n} labelled tiles: all {n} are used")
     elif subset:
         notes.append(f"subset: {subset} of the {n} labelled tiles drawn (seed {seed}) before decoding; only those are decoded")
-    cache = TileCache(index.train_paths, cache_dir, keep_tiles, multi_page)
+    cache = TileCache(index.train_paths, cache_dir, keep_tiles, multi_page, non_square)
     size, why = (size, size_note) if size and size_note else choose_tile_size(cache, drawn, size, model_input)
     notes.insert(0, why)
     cache.open_size(size)

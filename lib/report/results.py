@@ -132,7 +132,7 @@ def decode_test_tiles(evaluation: dict, ids: list, size: int | None = None) -> "
     else:
         by_id = {index.name_of(p): p for p in index.train_paths}
     tiles, _, _ = decode_tiles([by_id[str(i)] for i in ids], size or TILE_SIZE, desc="decoding the tiles shown", cache_dir=None,
-                               multi_page=config.multi_page)  # fmt: skip
+                               multi_page=config.multi_page, non_square=config.non_square)  # fmt: skip
     return tiles
 
 

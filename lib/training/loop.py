@@ -164,7 +164,7 @@ def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, siz
     tensor_path = config.input_pipeline == "tensor"
     tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
                              keep_tiles=tensor_path, subset=config.subset, seed=config.seed, multi_page=config.multi_page,
-                             size_note=size_note)  # fmt: skip
+                             non_square=config.non_square, size_note=size_note)  # fmt: skip
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
     data_notes = tile_set.notes + split.batch_notes(config.batch_size)
     for note in data_notes:
@@ -178,7 +178,8 @@ def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, siz
         placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}"
     else:
         def files(rows, transform):
-            return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform, config.multi_page)
+            return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform, config.multi_page,
+                                   config.non_square)  # fmt: skip
 
         augment = original_augmentation(crop) if crop else None
         train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)
