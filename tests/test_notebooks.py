@@ -73,8 +73,8 @@ def test_report_html_has_no_code_embeds_its_figures_and_loads_nothing(executed_w
         assert section in html, section
     assert "from lib" not in html and "load_all(" not in html and 'class="highlight' not in html, "code cells must not appear"
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    # curves per run, all runs compared, filters of two runs, feature maps, Grad-CAM, confusion matrix beside ROC, tile grid
-    assert len(images) >= 4 + 1 + 2 + 1 + 1 + 1 + 1 and all(src.startswith("data:image/png;base64,") for src in images)
+    # curves per run, all runs compared, filters of two runs in one, feature maps, Grad-CAM, confusion matrix beside ROC, tile grid
+    assert len(images) >= 4 + 1 + 1 + 1 + 1 + 1 + 1 and all(src.startswith("data:image/png;base64,") for src in images)
     external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:[^"]+)"', html)
     assert external == [], external
     assert "47.92 %" in html, "the original's reported baseline figure is read from the registry"

@@ -19,7 +19,7 @@ def plot_curves(history: list[dict], logged_epochs: list[dict] = (), title: str 
     Losses are sums over batches, as the original logged them. Returns the figure."""
     epochs = epochs or len(history)
     shown = [r for r in logged_epochs if r["epoch"] < epochs]
-    fig, axes = plt.subplots(1, 4, figsize=(12, 2.5))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.3))
     for ax, metric in zip(axes, METRICS):
         ax.plot([r["epoch"] for r in history], [r[metric] for r in history], **OURS_STYLE)
         if shown:
@@ -27,7 +27,7 @@ def plot_curves(history: list[dict], logged_epochs: list[dict] = (), title: str 
         ax.set_title(metric, fontsize=10)
         ax.set_xlabel("epoch (from 0)", fontsize=9)
         ax.set_xlim(-0.5, epochs - 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if metric.endswith("accuracy"):
             ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
@@ -56,7 +56,7 @@ def plot_runs_compared(facts: dict) -> "plt.Figure":
             ax.axhline(f.valid_majority_rate, color=color, linestyle=":", linewidth=0.8)
     ax.set(title="validation accuracy per epoch (dotted: each split's majority rate)", xlabel="epoch (from 0)", ylim=(0, 1.02))
     ax.title.set_fontsize(10)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if scored:
@@ -112,7 +112,7 @@ def plot_filters(layers: list[tuple[str, torch.Tensor, torch.Tensor]], max_out: 
     what training changed shows even where before and after look alike. The first `max_out` output
     by `max_in` input channels of each layer; `layers`: (name, weight before, weight after).
     Returns the figure."""
-    fig, axes = plt.subplots(3, len(layers), figsize=(2.1 * len(layers) + 0.9, 5.6), squeeze=False)
+    fig, axes = plt.subplots(3, len(layers), figsize=(1.6 * len(layers) + 0.9, 3.9), squeeze=False)
     grey, diverging = plt.get_cmap("gray").copy(), plt.get_cmap("RdBu_r").copy()
     grey.set_bad("white"), diverging.set_bad("white")
     for column, (name, before, after) in zip(axes.T, layers):
@@ -228,7 +228,7 @@ def plot_feature_maps(tile: torch.Tensor, maps: dict[str, torch.Tensor], per_sta
 
 def plot_grad_cam(tiles: torch.Tensor, cams: torch.Tensor, captions: list[str], wrong: list[bool], title: str = ""):
     """Tiles (N, 3, H, W) uint8 with their Grad-CAM heat maps laid over them."""
-    fig, axes = plt.subplots(2, len(tiles), figsize=(1.6 * len(tiles), 3.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(tiles), figsize=(1.6 * len(tiles), 3.3), squeeze=False)
     for k, (tile, cam, caption, is_wrong) in enumerate(zip(tiles, cams, captions, wrong)):
         image = tile.permute(1, 2, 0).numpy()
         axes[0, k].imshow(image)

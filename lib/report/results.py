@@ -168,7 +168,8 @@ def logged_beyond(f: RunFacts) -> str:
 def curves_alt(f: RunFacts) -> str:
     """Alt text of a run's curves: what they show, and what the original's crosses and note add."""
     logged = [r["epoch"] for r in f.original.get("logged_epochs") or [] if r["epoch"] < f.epochs]
-    crosses = f", with the original's logged epochs {logged[0]} to {logged[-1]} as crosses" if logged else ""
+    span = (f"epochs {logged[0]} to {logged[-1]}" if len(logged) > 1 else f"epoch {logged[0]}") if logged else ""
+    crosses = f", with the original's logged {span} as crosses" if logged else ""
     epochs = f"{f.epochs} epochs (0 to {f.epochs - 1})" if f.epochs != 1 else "1 epoch (epoch 0)"
     return (f"Training and validation loss and accuracy per epoch of {f.run}, {epochs} as lines{crosses}. "
             + logged_beyond(f)).strip()  # fmt: skip
@@ -527,16 +528,34 @@ def provenance_table(facts: dict[str, RunFacts]) -> pd.DataFrame:
     return pd.DataFrame({"value": record})
 
 
+def as_lines(table: pd.DataFrame) -> str:
+    """A one-column table of facts (environment_table, provenance_table) as compact Markdown, one
+    "**name:** value" item per fact separated by " · ": a page holds a dozen facts in a few lines
+    where a table gave each its own row."""
+    return " · ".join(f"**{name}:** {value}" for name, value in table["value"].items())
+
+
 def input_notes(facts: dict[str, RunFacts]) -> str:
-    """What reading each run's tiles noted (sizes brought, subsets drawn, the cache), as a Markdown
-    list: a note every run made once, the others under their runs."""
-    notes = {run: list(f.data_notes) for run, f in facts.items()}
-    shared = [note for note in next(iter(notes.values()), []) if all(note in n for n in notes.values())]
-    lines = [f"- every run: {note}" for note in shared] if len(notes) > 1 else []
-    for run, own in notes.items():
-        own = [note for note in own if note not in shared or len(notes) == 1]
-        if own:
-            lines.append(f"- {run}: " + "; ".join(own))
+    """What reading each run's tiles noted (sizes brought, subsets drawn), as a Markdown list: each
+    note once, after the runs that made it ("every run" when all did). The decoded-tile cache's
+    bookkeeping (which file, how many tiles decoded now) is said in one line: it changes nothing of
+    what a run saw."""
+    runs_of: dict[str, list[str]] = {}
+    cached = []
+    for run, f in facts.items():
+        for note in f.data_notes:
+            if note.startswith("decoded tiles:"):
+                cached.append(run)
+            else:
+                runs_of.setdefault(note, []).append(run)
+    every = len(facts) > 1
+
+    def who(runs):
+        return "every run" if every and len(runs) == len(facts) else ", ".join(runs)
+
+    lines = [f"- {who(runs)}: {note}" for note, runs in runs_of.items()]
+    if cached:
+        lines.append(f"- {who(cached)}: tiles decoded once into the decoded-tile cache (cache_dir) and read from it")
     return "\n".join(lines) or "None: every run read its tiles as they were."
 
 
@@ -545,6 +564,11 @@ def held_out_clause(evaluation: dict) -> str:
     same test tiles, else "" (the scores table then names each run's tiles)."""
     same = _same_tiles(_run_scores(evaluation))
     return f", on {same}" if same else ""
+
+
+def filters_title(facts: dict[str, RunFacts], runs: list[str]) -> str:
+    """The filter figure's title: "baseline after 12 epochs and resnet50-150ep after 7 epochs"."""
+    return " and ".join(f"{run} after {facts[run].epochs} epoch{'s' if facts[run].epochs != 1 else ''}" for run in runs)
 
 
 # --- Alt text: what each figure shows, for a reader who cannot see it ---------------------------------
@@ -561,7 +585,7 @@ def compared_alt(facts: dict[str, RunFacts]) -> str:
 
 def filters_alt(f: RunFacts, layers: list[str], shown: str) -> str:
     return (f"Convolution filters of {f.run} ({', '.join(layers)}; {shown}) in three rows: before training, after its {f.epochs} "
-            "epochs, each kernel on its own grey scale, and the difference after minus before on a blue-white-red scale symmetric "
+            f"epoch{'s' if f.epochs != 1 else ''}, each kernel on its own grey scale, and the difference after minus before on a blue-white-red scale symmetric "
             "around 0, with its own range per layer stated above it.")  # fmt: skip
 
 
