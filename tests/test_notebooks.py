@@ -39,7 +39,8 @@ def test_a_weights_file_given_to_make_reaches_every_resnet50_run_and_the_report(
         assert "'module.' prefix of every key removed" in result["weights"]["notes"]
         assert "NOTICE" not in _text_outputs(_executed(executed_workbook, registry.run_entry(run)["notebook"]))
     html = (executed_workbook / "reports" / "report.html").read_text()
-    assert f"resnet50-150ep: yes, {resnet50_weights_file}" in html, "the environment table names the file"
+    assert f"resnet50-150ep: yes, {resnet50_weights_file.name}" in html, "the provenance table names the file"
+    assert str(resnet50_weights_file.parent) not in html, "by its name, not where it lies on this machine"
     assert "Pretrained weights:" in html and "No ImageNet weights" not in html, "the deviations say so"
 
 
@@ -67,15 +68,40 @@ def test_report_html_has_no_code_embeds_its_figures_and_loads_nothing(executed_w
     for section in ("Summary", "The runs", "Reported by the original versus measured here", "Convolution filters before and after training",
                     "Feature maps of one test tile through the baseline", "Grad-CAM of the final ResNet50",
                     "Evaluation on the test tiles", "submission.csv (24 rows), first lines", "# Id,Values",
-                    "Environment and provenance", "workbook_commit", "Deviations from the original"):  # fmt: skip
+                    "All runs compared", "Appendix", "Environment", "Provenance", "Input notes", "workbook_commit",
+                    "Deviations from the original"):  # fmt: skip
         assert section in html, section
     assert "from lib" not in html and "load_all(" not in html and 'class="highlight' not in html, "code cells must not appear"
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    # curves per run, filters of two runs, feature maps, Grad-CAM, confusion matrix, ROC, tile grid
-    assert len(images) >= 4 + 2 + 1 + 1 + 1 + 1 + 1 and all(src.startswith("data:image/png;base64,") for src in images)
+    # curves per run, all runs compared, filters of two runs in one, feature maps, Grad-CAM, confusion matrix beside ROC, tile grid
+    assert len(images) >= 4 + 1 + 1 + 1 + 1 + 1 + 1 and all(src.startswith("data:image/png;base64,") for src in images)
     external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:[^"]+)"', html)
     assert external == [], external
     assert "47.92 %" in html, "the original's reported baseline figure is read from the registry"
     for words in ("balanced accuracy", "majority rate", "majority-class rate", "mean of batch accuracies", "What the quick runs show",
                   "course form", "Profile <code>quick</code>"):  # fmt: skip
         assert words in html, words
+
+
+def test_report_names_nothing_of_the_machine_and_describes_every_figure(executed_workbook, tiny_data, resnet50_weights_file, tmp_path, caplog):
+    """The runs and data of the tiny workbook lie in temporary folders and the tile cache under
+    HISTO_TILE_CACHE: the report names them relative to the project or by their own names. Every
+    figure carries alt text saying what it shows, so nbconvert has none to make up."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from lib.paths import PROJECT_ROOT
+    from lib.report.render import render_html
+
+    html = (executed_workbook / "reports" / "report.html").read_text()
+    for path in (executed_workbook, tiny_data, resnet50_weights_file.parent, os.environ["HISTO_TILE_CACHE"], PROJECT_ROOT, Path.home()):
+        assert f"{path}/" not in html and f"{path}<" not in html and f"{path} " not in html, path
+    assert not re.search(r"[0-9a-f]{8,}-\d+\.npy", html), "no cache file by its hash"
+    images = re.findall(r"<img\b[^>]*>", html)
+    assert images and all(re.search(r'\salt="[^"]{20,}"', image) for image in images), [image[-200:] for image in images]
+    assert "No description has been provided" not in html
+    assert "Training and validation loss and accuracy per epoch of resnet50-10ep, 1 epoch (epoch 0)" in html
+    with caplog.at_level(logging.WARNING):
+        render_html(executed_workbook / "reports" / "executed" / "06_report.ipynb", tmp_path / "report.html")
+    assert "Alternative text is missing" not in caplog.text

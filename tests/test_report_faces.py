@@ -10,8 +10,9 @@ from PIL import Image
 
 from lib.report.render import CHROMIUM_ARGS, find_chromium, render_pdf
 
-SECTIONS = ("Summary", "The runs", "Reported by the original versus measured here", "What the networks learned",
-            "Evaluation on the test tiles", "Environment and provenance", "Deviations from the original")  # fmt: skip
+SECTIONS = ("Summary", "The runs", "All runs compared", "Reported by the original versus measured here", "What the networks learned",
+            "Evaluation on the test tiles", "Appendix", "Environment", "Provenance", "Input notes", "Deviations from the original")  # fmt: skip
+MAX_PAGES = 8  # the default quick report's budget on A4 (issue 21); the tiny workbook has the same sections and figures
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,10 @@ def test_pdf_opens_with_every_section_and_figure(executed_workbook, chromium):
     figures_in_html = len(re.findall(r'<img [^>]*src="data:image/png', html))
     images_in_pdf = sum(len(page.images) for page in reader.pages)
     assert figures_in_html >= 10 and images_in_pdf >= figures_in_html, (figures_in_html, images_in_pdf)
+    assert len(reader.pages) <= MAX_PAGES, f"{len(reader.pages)} pages"
+    appendix = next(k for k, page in enumerate(reader.pages) if "Appendix" in page.extract_text())
+    body = " ".join(page.extract_text() for page in reader.pages[:appendix])
+    assert "Input notes" not in body and "workbook_commit" not in body, "the environment and input notes come after the body"
     for page in reader.pages:  # A4, and nothing wider than the page
         assert abs(float(page.mediabox.width) - 595) < 2
     first_page = re.sub(r"\s+", " ", reader.pages[0].extract_text())

@@ -5,91 +5,179 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 
 METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
 OURS_STYLE = {"color": "tab:blue", "marker": ".", "label": "this workbook"}
 ORIGINAL_STYLE = {"color": "tab:orange", "marker": "x", "linestyle": "none", "label": "original (logged epochs)"}
 
 
-def plot_curves(history: list[dict], logged_epochs: list[dict] = (), title: str = ""):
-    """The original's four TensorBoard curves, ours as lines and the original's logged epochs as
-    crosses on the same epoch axis. Losses are sums over batches, as the original logged them."""
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+def plot_curves(history: list[dict], logged_epochs: list[dict] = (), title: str = "", epochs: int | None = None, note: str = ""):
+    """The original's four TensorBoard curves on the run's own epoch axis (0 to epochs - 1, as both
+    logs count): ours as lines, the original's logged epochs as crosses where they fall within it.
+    `note` (what the original logged beyond, results.logged_beyond) is written under the axes.
+    Losses are sums over batches, as the original logged them. Returns the figure."""
+    epochs = epochs or len(history)
+    shown = [r for r in logged_epochs if r["epoch"] < epochs]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.3))
     for ax, metric in zip(axes, METRICS):
         ax.plot([r["epoch"] for r in history], [r[metric] for r in history], **OURS_STYLE)
-        if logged_epochs:
-            ax.plot([r["epoch"] for r in logged_epochs], [r[metric] for r in logged_epochs], **ORIGINAL_STYLE)
-        ax.set_title(metric)
-        ax.set_xlabel("epoch")
+        if shown:
+            ax.plot([r["epoch"] for r in shown], [r[metric] for r in shown], **ORIGINAL_STYLE)
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("epoch (from 0)", fontsize=9)
+        ax.set_xlim(-0.5, epochs - 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if metric.endswith("accuracy"):
             ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    if note:
+        fig.subplots_adjust(bottom=0.3)
+        fig.text(0.01, 0.01, note, fontsize=9, style="italic")
+    return fig
+
+
+def plot_runs_compared(facts: dict) -> "plt.Figure":
+    """Every run on one figure (`facts`: {run: lib.report.facts.RunFacts}): validation accuracy per
+    epoch of each, over its own epochs, beside its validation majority rate; and, for the runs whose
+    best checkpoint was scored on held-out tiles, accuracy, balanced accuracy and ROC-AUC as bars with
+    each run's majority-class rate as a dashed line. Returns the figure."""
+    scored = {run: f for run, f in facts.items() if f.held_out}
+    fig, axes = plt.subplots(1, 2 if scored else 1, figsize=(12 if scored else 6.5, 3.2), squeeze=False)
+    ax = axes[0, 0]
+    for k, (run, f) in enumerate(facts.items()):
+        color = f"C{k}"
+        ax.plot([r["epoch"] for r in f.history], [r["valid_accuracy"] for r in f.history], marker=".", color=color, label=run)
+        if f.valid_majority_rate is not None:
+            ax.axhline(f.valid_majority_rate, color=color, linestyle=":", linewidth=0.8)
+    ax.set(title="validation accuracy per epoch (dotted: each split's majority rate)", xlabel="epoch (from 0)", ylim=(0, 1.02))
+    ax.title.set_fontsize(10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if scored:
+        ax = axes[0, 1]
+        names, width = list(scored), 0.26
+        x = np.arange(len(names))
+        for k, (key, label) in enumerate((("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"))):
+            values = [scored[run].held_out.metrics.get(key) for run in names]
+            bars = ax.bar(x + (k - 1) * width, [v if v is not None else 0 for v in values], width, label=label, color=f"C{k + 4}")
+            ax.bar_label(bars, labels=[f"{v:.2f}" if v is not None else "n/a" for v in values], fontsize=7, padding=1)
+        for i, run in enumerate(names):
+            ax.hlines(scored[run].held_out.metrics["majority_rate"], i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="--",
+                      label="majority rate" if i == 0 else None)  # fmt: skip
+        where = "test tiles" if all(f.held_out.scored_on == "test" for f in scored.values()) else "held-out tiles"
+        ax.set(title=f"best checkpoint on the {where}", xticks=x, ylim=(0, 1.3), yticks=np.arange(0, 1.01, 0.2))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.title.set_fontsize(10)
+        ax.legend(fontsize=7, loc="upper center", ncols=4, frameon=False)
+        ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
 
 
-def _filter_grid(weight: torch.Tensor, max_out: int, max_in: int) -> np.ndarray:
-    """Filters as one grey image: a row per output channel, a column per input channel, each
-    kernel scaled to its own range so that its pattern shows."""
+def show_figure(fig, alt: str) -> None:
+    """Display a figure in the notebook with `alt` as its alternative text (the report's HTML
+    template writes it into the <img>), then close it so that it is not shown a second time."""
+    from IPython.display import display
+
+    display(fig, metadata={"alt": alt})
+    plt.close(fig)
+
+
+def _filter_grid(weight: torch.Tensor, max_out: int, max_in: int, own_scale: bool = True) -> np.ndarray:
+    """Filters as one image: a row per output channel, a column per input channel, kernels apart by
+    a blank (NaN) line. `own_scale`: each kernel scaled to its own range so that its pattern shows
+    (as the original showed them); otherwise the values as they are."""
     w = weight.detach().float().cpu()[:max_out, :max_in]
     n_out, n_in, kh, kw = w.shape
     grid = np.full((n_out * (kh + 1) - 1, n_in * (kw + 1) - 1), np.nan)
     for o in range(n_out):
         for i in range(n_in):
             k = w[o, i].numpy()
-            span = k.max() - k.min()
-            grid[o * (kh + 1) : o * (kh + 1) + kh, i * (kw + 1) : i * (kw + 1) + kw] = (k - k.min()) / (span + 1e-12)
+            if own_scale:
+                k = (k - k.min()) / (k.max() - k.min() + 1e-12)
+            grid[o * (kh + 1) : o * (kh + 1) + kh, i * (kw + 1) : i * (kw + 1) + kw] = k
     return grid
 
 
 def plot_filters(layers: list[tuple[str, torch.Tensor, torch.Tensor]], max_out: int = 8, max_in: int = 8, title: str = ""):
-    """Each convolution layer's filters before and after training, as grey-scale grids (as the
-    original showed them): the first `max_out` output by `max_in` input channels of each layer.
-    `layers`: (name, weight before, weight after)."""
-    fig, axes = plt.subplots(len(layers), 2, figsize=(7, 2.6 * len(layers)), squeeze=False)
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("white")
-    for row, (name, before, after) in zip(axes, layers):
+    """Each convolution layer's filters in a column of three: before and after training as grey-scale
+    grids (each kernel on its own scale, as the original showed them), and after minus before on a
+    blue-white-red scale symmetric around 0 with its own range per layer (stated above it), so that
+    what training changed shows even where before and after look alike. The first `max_out` output
+    by `max_in` input channels of each layer; `layers`: (name, weight before, weight after).
+    Returns the figure."""
+    fig, axes = plt.subplots(3, len(layers), figsize=(1.6 * len(layers) + 0.9, 3.9), squeeze=False)
+    grey, diverging = plt.get_cmap("gray").copy(), plt.get_cmap("RdBu_r").copy()
+    grey.set_bad("white"), diverging.set_bad("white")
+    for column, (name, before, after) in zip(axes.T, layers):
+        change = (after.float() - before.float())[:max_out, :max_in]
+        span = float(change.abs().max()) or 1e-12
+        moved = float((after.float() - before.float()).norm() / (before.float().norm() + 1e-12))
         shape = "x".join(map(str, before.shape))
-        for ax, weight, when in zip(row, (before, after), ("before", "after")):
-            ax.imshow(_filter_grid(weight, max_out, max_in), cmap=cmap, interpolation="nearest")
-            ax.set_title(f"{name} [{shape}] {when}", fontsize=9)
-            ax.axis("off")
+        column[0].imshow(_filter_grid(before, max_out, max_in), cmap=grey, interpolation="nearest")
+        column[0].set_title(f"{name}\n[{shape}]", fontsize=8)
+        column[1].imshow(_filter_grid(after, max_out, max_in), cmap=grey, interpolation="nearest")
+        column[2].imshow(_filter_grid(change, max_out, max_in, own_scale=False), cmap=diverging, vmin=-span, vmax=span, interpolation="nearest")
+        column[2].set_title(f"±{span:.2g}; moved {100 * moved:.1f} %", fontsize=8)
+        for ax in column:
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+    for ax, label in zip(axes[:, 0], ("before", "after", "after − before")):
+        ax.set_ylabel(label, fontsize=9)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def plot_confusion_matrix(matrix, title: str = "Confusion matrix (test tiles)"):
+def plot_confusion_matrix(matrix, title: str = "Confusion matrix (test tiles)", ax=None):
+    """The 2x2 confusion matrix [[true 0 predicted 0, ...], ...] as an annotated heat map; on `ax`
+    when given, else in a figure of its own. Returns the figure."""
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(4, 3.4))
+    fig, ax = plt.subplots(figsize=(4, 3.4)) if ax is None else (ax.figure, ax)
     sns.heatmap(np.asarray(matrix), annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
                 xticklabels=["0 normal", "1 cancer"], yticklabels=["0 normal", "1 cancer"])  # fmt: skip
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def plot_roc(labels, scores, auc: float | None, title: str = "ROC curve (test tiles)"):
+def plot_roc(labels, scores, auc: float | None, title: str = "ROC curve (test tiles)", ax=None):
+    """The ROC curve of class-1 scores against 0/1 labels, the diagonal of chance dashed; on `ax`
+    when given, else in a figure of its own. Returns the figure."""
     from sklearn.metrics import roc_curve
 
     fpr, tpr, _ = roc_curve(labels, scores)
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    fig, ax = plt.subplots(figsize=(4, 3.6)) if ax is None else (ax.figure, ax)
     ax.plot(fpr, tpr, label=f"AUC = {auc:.3f}" if auc is not None else None)
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     if auc is not None:
         ax.legend(loc="lower right")
     fig.tight_layout()
+    return fig
+
+
+def plot_evaluation(matrix, labels, scores, auc: float | None, run: str):
+    """A run's confusion matrix and, where its labels hold both classes, its ROC curve, side by side
+    (one figure, half the height of two). Returns the figure."""
+    with_roc = labels is not None and auc is not None
+    fig, axes = plt.subplots(1, 2 if with_roc else 1, figsize=(8.5 if with_roc else 4.2, 3.3), squeeze=False)
+    plot_confusion_matrix(matrix, f"Confusion matrix, {run}", ax=axes[0, 0])
+    if with_roc:
+        plot_roc(labels, scores, auc, f"ROC curve, {run}", ax=axes[0, 1])
     return fig
 
 
@@ -140,7 +228,7 @@ def plot_feature_maps(tile: torch.Tensor, maps: dict[str, torch.Tensor], per_sta
 
 def plot_grad_cam(tiles: torch.Tensor, cams: torch.Tensor, captions: list[str], wrong: list[bool], title: str = ""):
     """Tiles (N, 3, H, W) uint8 with their Grad-CAM heat maps laid over them."""
-    fig, axes = plt.subplots(2, len(tiles), figsize=(1.6 * len(tiles), 3.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(tiles), figsize=(1.6 * len(tiles), 3.3), squeeze=False)
     for k, (tile, cam, caption, is_wrong) in enumerate(zip(tiles, cams, captions, wrong)):
         image = tile.permute(1, 2, 0).numpy()
         axes[0, k].imshow(image)

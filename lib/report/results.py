@@ -1,38 +1,49 @@
-"""The report's numbers: every run's saved results beside the original's reported figures.
+"""The report's sentences and tables, written from each run's facts (lib/report/facts.py) beside the
+original's reported figures.
 
-Nothing here is typed in: measured figures come from runs/<run>/result.json and
-reports/evaluation.json, reported ones from the registry. Every accuracy shown stands beside the
-majority-class rate of the same tiles (what predicting one class for every tile would score).
+Nothing here is typed in: measured figures come from the runs' records and reports/evaluation.json,
+reported ones from the registry. Every accuracy shown stands beside the majority-class rate of the
+same tiles (what predicting one class for every tile would score). How a run differs from the
+original's (full) profile is RunFacts.from_full, said here in each place's words.
 """
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from lib import registry
-from lib.config import ORIGINAL_CROP, run_config
+from lib.config import ORIGINAL_CROP
 from lib.metrics import scores_text
 from lib.paths import resolve
+from lib.report.facts import RunFacts, all_run_facts
 from lib.training.run_folder import RunFolder, RunResult
 
+if TYPE_CHECKING:
+    import torch
 
 NBSP = "\u00a0"  # a space a table cell does not break at ("3 min 30 s" on one line)
 
 
 def _percent(value) -> str:
-    return f"{100 * value:.2f} %" if registry.is_reported(value) and value is not None else "not reported"
+    return f"{100 * value:.2f} %" if value is not None and registry.is_reported(value) else "not reported"
 
 
 def _duration(seconds) -> str:
-    if not registry.is_reported(seconds) or seconds is None:
+    if seconds is None or not registry.is_reported(seconds):
         return "not reported"
     return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
+def names(runs: list[str]) -> str:
+    """Runs named in a sentence: "a", "a and b", "a, b and c"."""
+    return runs[0] if len(runs) == 1 else f"{', '.join(runs[:-1])} and {runs[-1]}"
+
+
 def load_all(runs_dir) -> dict[str, RunResult]:
-    """Every registry run's saved results; a clear error names the runs that have none."""
+    """Every registry run's saved results; FileNotFoundError naming the runs that have none."""
     folders = {run: RunFolder(resolve(runs_dir) / run) for run in registry.run_names()}
     missing = [run for run, folder in folders.items() if not folder.has_result()]
     if missing:
@@ -40,7 +51,14 @@ def load_all(runs_dir) -> dict[str, RunResult]:
     return {run: folder.result() for run, folder in folders.items()}
 
 
+def load_facts(runs_dir, evaluation: dict) -> dict[str, RunFacts]:
+    """Every registry run's facts (RunFacts), computed once from its folder and the evaluation;
+    FileNotFoundError as load_all."""
+    return all_run_facts(load_all(runs_dir), evaluation)
+
+
 def load_evaluation(reports_dir) -> dict:
+    """reports_dir/evaluation.json; FileNotFoundError saying how to make it."""
     path = resolve(reports_dir) / "evaluation.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; execute notebooks/05_evaluation.ipynb (or `make run-all`) first")
@@ -55,53 +73,106 @@ def load_test_scores(reports_dir) -> tuple[list[int], list[float]] | None:
     return table["label"].tolist(), table["score_class1"].tolist()
 
 
-def comparison_table(results: dict[str, RunResult]) -> pd.DataFrame:
+def comparison_table(facts: dict[str, RunFacts]) -> pd.DataFrame:
     """Reported by the original versus measured here, one row per run, each cell "original / here";
     the majority-class rate of the validation tiles scored here beside them (the original reported none)."""
     rows = []
-    for run, result in results.items():
-        reported = registry.reported(run)
-        s = result.summary
+    for run, f in facts.items():
+        reported = f.original
         rows.append({
             "run": run,
-            "epochs": f"{registry.run_parameters(run, 'full')['epochs']} / {s['epochs']}",
-            "final valid acc": f"{_percent(reported['final_valid_accuracy'])} / {_percent(s['final_valid_accuracy'])}",
-            "best valid acc": f"{_percent(reported['best_valid_accuracy'])} / {_percent(s['best_valid_accuracy'])}",
-            "majority rate of the validation tiles here": _percent(s.get("valid_majority_rate")),
-            "training time": f"{_duration(reported['elapsed_s'])} / {_duration(s['elapsed_s'])}",
-            "images/s here": f"{s['train_images_per_s']:.1f}",
+            "epochs": f"{f.full_epochs} / {f.epochs}",
+            "final valid acc": f"{_percent(reported['final_valid_accuracy'])} / {_percent(f.final_valid_accuracy)}",
+            "best valid acc": f"{_percent(reported['best_valid_accuracy'])} / {_percent(f.best_valid_accuracy)}",
+            "majority rate of the validation tiles here": _percent(f.valid_majority_rate),
+            "training time": f"{_duration(reported['elapsed_s'])} / {_duration(f.elapsed_s)}",
+            "images/s here": f"{f.images_per_s:.1f}",
         })  # fmt: skip
     return pd.DataFrame(rows).set_index("run")
 
 
-def _floor(s: dict) -> str:
+def _floor(f: RunFacts) -> str:
     """The majority-class rate of a run's validation tiles, as a clause (older results lack it)."""
-    if s.get("valid_majority_rate") is None:
+    if f.valid_majority_rate is None:
         return ""
-    return f" (majority-class rate of its {s['n_valid_scored']} validation tiles: {_percent(s['valid_majority_rate'])})"
+    return f" (majority-class rate of its {f.n_valid_scored} validation tiles: {_percent(f.valid_majority_rate)})"
 
 
-def run_figures(result: RunResult, evaluation: dict | None = None) -> str:
+def run_figures(f: RunFacts) -> str:
     """One run's measured figures as a Markdown line: validation accuracies beside their
-    majority-class rate, time and speed, and (with `evaluation`) its best checkpoint's scores."""
-    s, c = result.summary, result.config
-    full = registry.run_parameters(c["run"], "full")
+    majority-class rate, time and speed, and its best checkpoint's held-out scores when evaluated."""
+    differ = f.from_full
     changes = []  # the quick design's (or the user's) choices that the section's text, the original's story, does not say
-    if c["augment"] != full["augment"]:
-        changes.append("with rotation and flips, which the original's run did not have" if c["augment"] else "without the original's augmentation")
-    if c["lr"] != _full_profile_lr(c):
-        changes.append(f"learning rate {c['lr']:g}, the full profile's {_full_profile_lr(c):g}")
-    if c["batch_size"] != full["batch_size"]:
-        changes.append(f"batch {c['batch_size']}, the full profile's {full['batch_size']}")
+    if "augment" in differ:
+        changes.append("with rotation and flips, which the original's run did not have" if f.augment else "without the original's augmentation")
+    if "lr" in differ:
+        changes.append(f"learning rate {f.lr:g}, the full profile's {differ['lr'].full:g}")
+    if "batch_size" in differ:
+        changes.append(f"batch {f.batch_size}, the full profile's {differ['batch_size'].full}")
     text = f"Measured here ({'; '.join(changes)}; see Deviations): final valid acc" if changes else "Measured here: final valid acc"
-    text += (f" {_percent(s['final_valid_accuracy'])}, best {_percent(s['best_valid_accuracy'])} "
-             f"(epoch {s['best_epoch']}){_floor(s)}, {s['epochs']} epochs in {_duration(s['elapsed_s'])}, "
-             f"{s['train_images_per_s']:.1f} training images/s on {s['environment']['device']}.")  # fmt: skip
-    scored = (evaluation or {}).get("runs", {}).get(s["run"])
-    if scored and scored["metrics"]:
-        where = "test tiles" if scored["scored_on"] == "test" else "validation split (no labelled test set)"
-        text += f" Best checkpoint on the {where}: {scores_text(scored['metrics'])}."
+    text += (f" {_percent(f.final_valid_accuracy)}, best {_percent(f.best_valid_accuracy)} (epoch {f.best_epoch}){_floor(f)}, "
+             f"{f.epochs} epochs in {_duration(f.elapsed_s)}, {f.images_per_s:.1f} training images/s "
+             f"on {f.environment.get('device', 'cpu')}.")  # fmt: skip
+    if f.held_out:
+        where = "test tiles" if f.held_out.scored_on == "test" else "validation split (no labelled test set)"
+        text += f" Best checkpoint on the {where}: {scores_text(f.held_out.metrics)}."
     return text
+
+
+def run_section(f: RunFacts) -> str:
+    """A run's part of the report's body, as Markdown: its heading, why the original made it (the
+    registry's), what the original reported and what it measured here."""
+    return f"### {f.title}\n\n{f.why}\n\nOriginal: {f.original['summary']}. {run_figures(f)}"
+
+
+def weights_notices(facts: dict[str, RunFacts]) -> str:
+    """What the networks started from, where it is not what the original did, as Markdown: one
+    sentence per outcome, naming every run it holds for (said once, not once per run). "" when every
+    run did as the original."""
+    groups: dict[tuple, list[str]] = {}
+    for run, f in facts.items():
+        if f.weights.notice:
+            groups.setdefault((f.weights.pretrained, f.weights.source, f.weights.notes), []).append(run)
+    lines = []
+    for (pretrained, source, notes), runs in groups.items():
+        f = facts[runs[0]]
+        if f.weights.not_found:
+            lines.append(f"*{names(runs)} trained ResNet50 from scratch: its ImageNet weights were not found offline "
+                         f"({source.removeprefix('not found at ')}), unlike the original, which started from them. `make weights` "
+                         "downloads them once; `make run-all WEIGHTS=file.pth` starts from a file of one's own.*")  # fmt: skip
+        elif not pretrained:
+            lines.append(f"*{names(runs)} trained from scratch ({source}), unlike the original, which started from ImageNet weights.*")
+        else:
+            lines.append(f"*{names(runs)} started from pretrained weights in {source}: {notes}.*")
+    return "\n\n".join(lines)
+
+
+def logged_beyond(f: RunFacts) -> str:
+    """What the original logged beyond this run's epochs (its curves show only the epochs both
+    have), as a sentence; "" when nothing lies beyond. Epochs count from 0, as both logs do."""
+    logged = f.original.get("logged_epochs") or []
+    if not logged:
+        return "The original's write-up logged no epochs of this run."
+    beyond = [r for r in logged if r["epoch"] >= f.epochs]
+    if not beyond:
+        return ""
+    first, last = beyond[0]["epoch"], beyond[-1]["epoch"]
+    accuracies = [r["valid_accuracy"] for r in beyond]
+    span = f"{min(accuracies):.2f}" if min(accuracies) == max(accuracies) else f"{min(accuracies):.2f} to {max(accuracies):.2f}"
+    where = f"epochs {first} to {last} of its {f.full_epochs}" if first != last else f"epoch {first} of its {f.full_epochs}"
+    lead = (f"The original logged {len(beyond)} more epochs beyond this run's {f.epochs}" if len(beyond) < len(logged)
+            else f"The original logged {len(beyond)} epochs, all beyond this run's {f.epochs}")  # fmt: skip
+    return f"{lead} ({where}; validation accuracy {span} there)."
+
+
+def curves_alt(f: RunFacts) -> str:
+    """Alt text of a run's curves: what they show, and what the original's crosses and note add."""
+    logged = [r["epoch"] for r in f.original.get("logged_epochs") or [] if r["epoch"] < f.epochs]
+    span = (f"epochs {logged[0]} to {logged[-1]}" if len(logged) > 1 else f"epoch {logged[0]}") if logged else ""
+    crosses = f", with the original's logged {span} as crosses" if logged else ""
+    epochs = f"{f.epochs} epochs (0 to {f.epochs - 1})" if f.epochs != 1 else "1 epoch (epoch 0)"
+    return (f"Training and validation loss and accuracy per epoch of {f.run}, {epochs} as lines{crosses}. "
+            + logged_beyond(f)).strip()  # fmt: skip
 
 
 def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame:
@@ -178,28 +249,28 @@ def _same_tiles(scores: dict[str, dict]) -> str | None:
     return f"the {n0 + n1} test tiles ({n0} of class 0, {n1} of class 1)"
 
 
-def runs_table(results: dict[str, RunResult], evaluation: dict) -> str:
+def runs_table(facts: dict[str, RunFacts], evaluation: dict) -> str:
     """The report's one table of every run, as Markdown: its validation accuracy (the original's
     metric) beside that split's majority rate, and its best checkpoint's accuracy, balanced accuracy
     and ROC-AUC on the held-out tiles beside their majority-class rate, time and speed."""
-    scores = _run_scores(evaluation)
-    same = _same_tiles(scores)
+    same = _same_tiles(_run_scores(evaluation))
     where = f"on {same}" if same else "on the tiles named in each row"
     lines = [f"Every run's best checkpoint scored {where}:", "",
              "| run | epochs | best valid acc (majority rate) | accuracy | balanced accuracy | ROC-AUC | majority rate | time | images/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for run, result in results.items():
-        s, m = result.summary, (scores.get(run) or {}).get("metrics")
-        valid = _percent(s["best_valid_accuracy"]) + (f" ({_percent(s['valid_majority_rate'])})" if s.get("valid_majority_rate") is not None else "")
+    for run, f in facts.items():
+        m = f.held_out.metrics if f.held_out else None
+        valid = _percent(f.best_valid_accuracy) + (f" ({_percent(f.valid_majority_rate)})" if f.valid_majority_rate is not None else "")
         if m:
             accuracy = _percent(m["accuracy"]) + (f" **{m['one_class']}**" if m["one_class"] else "")
             if not same:
-                where = "test" if scores[run]["scored_on"] == "test" else "validation split"
+                where = "test" if f.held_out.scored_on == "test" else "validation split"
                 accuracy += f" ({where}, {m['n']} tiles: {m['class_counts'][0]} / {m['class_counts'][1]})"
             cells = [accuracy, _percent(m["balanced_accuracy"]), _auc(m["roc_auc"]), _percent(m["majority_rate"])]
         else:
             cells = ["not scored (no labels)", "", "", ""]
-        lines.append(f"| {run} | {s['epochs']} | {valid} | " + " | ".join(cells) + f" | {_duration(s['elapsed_s']).replace(' ', NBSP)} | {s['train_images_per_s']:.1f} |")
+        time = _duration(f.elapsed_s).replace(" ", NBSP)
+        lines.append(f"| {run} | {f.epochs} | {valid} | " + " | ".join(cells) + f" | {time} | {f.images_per_s:.1f} |")
     lines += ["", "*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation split "
                   "(the history keeps it so). *Majority rate*: the accuracy of predicting the more frequent class for every one of the "
                   "same tiles. *Balanced accuracy*: the mean of the two classes' recalls (0.5 for any one-class predictor)."]  # fmt: skip
@@ -246,56 +317,48 @@ def submission_note(evaluation: dict) -> str:
             f"each row holds {submission['values']}.{left_out}")  # fmt: skip
 
 
-COMPARED_FIELDS = ("epochs", "batch_size", "lr", "subset", "scheduler", "augment", "valid_fraction", "seed", "model", "head", "weights")
-
-
-def given_over_registry(result: RunResult) -> dict[str, tuple]:
+def given_over_registry(f: RunFacts) -> dict[str, tuple]:
     """The parameters a run trained with that differ from its registry profile's, {name: (registry's,
     used)}: what a user set (`make run-all EPOCHS=1`) over the registry. Tile and crop sizes count
     only where the registry fixes them (0 means "from the data", resolved when the run starts)."""
-    c = result.config
-    declared = run_config(c["run"], profile=result.summary["profile"])
-    differ = {k: (getattr(declared, k), c[k]) for k in COMPARED_FIELDS if k in c and getattr(declared, k) != c[k]}
-    for k in ("tile_size", "crop_size"):
-        if getattr(declared, k) and getattr(declared, k) != c.get(k):
-            differ[k] = (getattr(declared, k), c.get(k))
-    return differ
+    return f.given_over
 
 
-def keeps_relation(results: dict[str, RunResult]) -> bool:
+def _resnets(facts: dict[str, RunFacts]) -> list[str]:
+    return [run for run, f in facts.items() if f.model == "resnet50"]
+
+
+def keeps_relation(facts: dict[str, RunFacts]) -> bool:
     """True when the ResNet50 runs' epochs still rise in registry order (the original's 10, 100, 150:
     the shortest; longer; the longest), which the quick story and the deviations rely on."""
-    epochs = [r.summary["epochs"] for r in results.values() if r.config["model"] == "resnet50"]
+    epochs = [facts[run].epochs for run in _resnets(facts)]
     return all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
-def quick_story(results: dict[str, RunResult], evaluation: dict) -> str:
+def quick_story(facts: dict[str, RunFacts], evaluation: dict) -> str:
     """For the quick profile, what its runs show of the original's story and what needs the full
     profile or ImageNet weights, from the measured scores. Empty for the full profile."""
-    if not any(r.summary["profile"] == "quick" for r in results.values()):
+    if not any(f.profile == "quick" for f in facts.values()):
         return ""
-    scores = _run_scores(evaluation)
 
     def auc(run):
-        m = (scores.get(run) or {}).get("metrics") or {}
-        return m.get("roc_auc")
+        return facts[run].held_out.metrics.get("roc_auc") if run in facts and facts[run].held_out else None
 
-    final, runs = registry.final_run(), list(results)
-    resnets = [run for run in runs if results[run].config["model"] == "resnet50"]
-    scratch = any(not results[run].summary["weights"]["pretrained"] for run in resnets)
+    final, resnets = registry.final_run(), _resnets(facts)
+    scratch = any(not facts[run].weights.pretrained for run in resnets)
     shown = []
-    baseline = next((run for run in runs if results[run].config["model"] == "baseline"), None)
+    baseline = next((run for run, f in facts.items() if f.model == "baseline"), None)
     if baseline and auc(baseline) is not None and auc(final) is not None:
         verb = "beats" if auc(final) > auc(baseline) + 0.01 else "does not beat"
         shown.append(f"the final ResNet50 {verb} the small baseline CNN on the held-out tiles (ROC-AUC {auc(final):.3f} against {auc(baseline):.3f})")
     if resnets and resnets[0] != final and auc(resnets[0]) is not None and auc(final) is not None:
         verb = "improve on" if auc(final) > auc(resnets[0]) + 0.01 else "do not improve on"
         shown.append(f"the longer ResNet50 runs {verb} the shortest ({resnets[0]}: {auc(resnets[0]):.3f}, {final}: {auc(final):.3f})")
-    epochs = ", ".join(str(results[run].summary["epochs"]) for run in resnets)
+    epochs = ", ".join(str(facts[run].epochs) for run in resnets)
     needs = "the full profile (a GPU)" + (" and ImageNet weights (`make weights`; these ResNet50 runs started from scratch)" if scratch else "")
     shown_text = ("; ".join(shown) + ". ") if shown else ""
     shown_text = shown_text[:1].upper() + shown_text[1:]
-    if not keeps_relation(results):
+    if not keeps_relation(facts):
         return (f"**What the quick runs show:** {shown_text}Their ResNet50 runs trained for {epochs} epochs, which does not keep the "
                 f"original's relation (10, 100 and 150: the shortest; longer; the longest), so they cannot show the direction of its "
                 f"story; its figures need {needs}.")  # fmt: skip
@@ -305,20 +368,21 @@ def quick_story(results: dict[str, RunResult], evaluation: dict) -> str:
             f"(whose patience, 10 epochs, is longer than these runs) need {needs}.")  # fmt: skip
 
 
-def headline(results: dict[str, RunResult], evaluation: dict) -> str:
+def headline(facts: dict[str, RunFacts], evaluation: dict) -> str:
     """The summary a reader sees first, as Markdown: data, profile, device, the one table of every
     run (runs_table), the final run's held-out scores and its submission, and for the quick profile
     what its runs show (quick_story)."""
-    final = results[registry.final_run()].summary
-    profiles = sorted({r.summary["profile"] for r in results.values()})
-    split = by_run({run: f"{r.summary['n_train']} / {r.summary['n_valid']}" for run, r in results.items()})
-    device = by_run({run: _device(r.summary["environment"]) for run, r in results.items()})
+    final = facts[registry.final_run()]
+    profiles = sorted({f.profile for f in facts.values()})
+    split = by_run({run: f"{f.n_train} / {f.n_valid}" for run, f in facts.items()})
+    device = by_run({run: f.device for run, f in facts.items()})
+    data_set = by_run({run: f.data_set for run, f in facts.items()})
     lines = [
-        f"**Data set:** {final['data_origin']}, {final['n_labelled']} labelled tiles (training / validation tiles: {split}).",
-        f"**Profile:** {', '.join(profiles)} ({final['profile_reason']}).",
+        f"**Data set:** {final.data_origin} in {data_set}, {final.n_labelled} labelled tiles (training / validation tiles: {split}).",
+        f"**Profile:** {', '.join(profiles)} ({final.profile_reason}).",
         f"**Device:** {device}.",
         "",
-        runs_table(results, evaluation),
+        runs_table(facts, evaluation),
         "",
     ]
     metrics = evaluation.get("metrics")
@@ -331,81 +395,73 @@ def headline(results: dict[str, RunResult], evaluation: dict) -> str:
         lines.append(f"**Test set** ({evaluation['n_test']} tiles): no test labels, so the submission file is the result; "
                      "the table scores each run on its own validation split.")  # fmt: skip
     lines += ["", submission_note(evaluation)]
-    story = quick_story(results, evaluation)
+    story = quick_story(facts, evaluation)
     if story:
         lines += ["", story]
     return "\n".join(lines)
 
 
-def _full_profile_lr(config: dict) -> float:
-    """The learning rate the run's full profile declares (the registry's), to set beside the one it used."""
-    return registry.run_parameters(config["run"], "full").get("lr", config["lr"])
-
-
-def _lr_change(config: dict) -> str:
+def _lr_change(f: RunFacts) -> str:
     """", learning rate X (the full profile's: Y)" when the run trained at another rate than its full
     profile's (a quick design's or the user's), else ""."""
-    full = _full_profile_lr(config)
-    return f", learning rate {config['lr']:g} (the full profile's: {full:g})" if config["lr"] != full else ""
+    lr = f.from_full.get("lr")
+    return f", learning rate {f.lr:g} (the full profile's: {lr.full:g})" if lr else ""
 
 
-def quick_design(results: dict[str, RunResult]) -> str:
-    """The sizes each run actually used, in a sentence per run (Markdown list items)."""
+def quick_design(facts: dict[str, RunFacts]) -> str:
+    """The sizes each run actually used, in a sentence per run (Markdown list items), each saying
+    where it differs from the original's."""
     crop_of, tile_of = ORIGINAL_CROP
     items = []
-    for run, r in results.items():
-        c, s = r.config, r.summary
-        full = registry.run_parameters(run, "full")
-        whole = c["augment"] and c["crop_size"] >= c["tile_size"]
-        crop = ", augmented by rotation and flips, not cropped" if whole else f", cropped to {c['crop_size']} px when augmenting" if c["augment"] else ""
-        if c["augment"] != full["augment"]:  # a quick design's (or the user's) choice, not the original's
-            crop += " (the original: not augmented)" if c["augment"] else ", not augmented (the original: rotation, flips and crop)"
-        elif c["tile_size"] != tile_of or (c["augment"] and c["crop_size"] != crop_of):
-            crop += f" (the original: {tile_of}×{tile_of}{f', cropped to {crop_of}' if c['augment'] else ''})"
-        batch = f"batch {c['batch_size']}" + (f" (the full profile's: {full['batch_size']})" if c["batch_size"] != full["batch_size"] else "")
-        items.append(f"  - {run}: {c['tile_size']}×{c['tile_size']} px tiles{crop}; {s['n_train']} training / {s['n_valid']} validation "
-                     f"tiles ({'a subset of ' + str(c['subset']) if c['subset'] else 'all'}, valid_fraction {c['valid_fraction']:g}); "
-                     f"{s['epochs']} epochs (the original: {full['epochs']}), {batch}" + _lr_change(c))  # fmt: skip
+    for run, f in facts.items():
+        differ = f.from_full
+        crop = (", augmented by rotation and flips, not cropped" if f.augment and f.crop_size is None
+                else f", cropped to {f.crop_size} px when augmenting" if f.augment else "")  # fmt: skip
+        if "augment" in differ:  # a quick design's (or the user's) choice, not the original's
+            crop += " (the original: not augmented)" if f.augment else ", not augmented (the original: rotation, flips and crop)"
+        elif "tile_size" in differ or (f.augment and "crop_size" in differ):
+            crop += f" (the original: {tile_of}×{tile_of}{f', cropped to {crop_of}' if f.augment else ''})"
+        batch = f"batch {f.batch_size}" + (f" (the full profile's: {differ['batch_size'].full})" if "batch_size" in differ else "")
+        items.append(f"  - {run}: {f.tile_size}×{f.tile_size} px tiles{crop}; {f.n_train} training / {f.n_valid} validation "
+                     f"tiles ({'a subset of ' + str(f.subset) if f.subset else 'all'}, valid_fraction {f.valid_fraction:g}); "
+                     f"{f.epochs} epochs (the original: {f.full_epochs}), {batch}" + _lr_change(f))  # fmt: skip
     return "\n".join(items)
 
 
-def deviations(results: dict[str, RunResult], evaluation: dict | None = None) -> str:
+def deviations(facts: dict[str, RunFacts], evaluation: dict | None = None) -> str:
     """What differs from the original, as Markdown, read from what the runs actually did."""
-    final = results[registry.final_run()].summary
+    final = facts[registry.final_run()]
     items = []
-    resnets = {run: r for run, r in results.items() if r.config["model"] == "resnet50"}
-    scratch = [run for run, r in resnets.items() if not r.summary["weights"]["pretrained"]]
+    resnets = _resnets(facts)
+    scratch = [run for run in resnets if not facts[run].weights.pretrained]
     if scratch:
-        items.append(f"- **No ImageNet weights:** {', '.join(scratch)} trained ResNet50 from scratch "
-                     f"({results[scratch[0]].summary['weights']['source']}); the original fine-tuned ImageNet weights.")  # fmt: skip
+        items.append(f"- **No ImageNet weights:** {names(scratch)} trained ResNet50 from scratch "
+                     f"({facts[scratch[0]].weights.source}); the original fine-tuned ImageNet weights.")  # fmt: skip
     pretrained = [run for run in resnets if run not in scratch]
     if pretrained:
-        files = sorted({resnets[run].summary["weights"]["source"] for run in pretrained})
-        notes = sorted({resnets[run].summary["weights"].get("notes", "") for run in pretrained} - {""})
-        items.append(f"- **Pretrained weights:** {', '.join(pretrained)} started from {', '.join(files)}"
+        files = sorted({facts[run].weights.source for run in pretrained})
+        notes = sorted({facts[run].weights.notes for run in pretrained} - {""})
+        items.append(f"- **Pretrained weights:** {names(pretrained)} started from {', '.join(files)}"
                      + (f" ({'; '.join(notes)})" if notes else "") + "; the original started from torchvision's ImageNet weights.")  # fmt: skip
-    if "generated" in final["data_origin"]:
+    if "generated" in final.data_origin:
         items.append("- **Data:** the course data is not public; these runs use the generated H&E-like tile set "
                      "(lib/data/synthetic.py), in the course layout and sizes. Its figures are not comparable one to one with the original's.")  # fmt: skip
     else:
-        items.append(f"- **Data:** {final['data_origin']}.")
-    full = {run: registry.run_parameters(run, "full") for run in results}
-    short = [run for run, r in results.items() if r.summary["epochs"] != full[run]["epochs"] or r.config["subset"]
-             or r.config["tile_size"] != full[run].get("tile_size", r.config["tile_size"])]  # fmt: skip
+        items.append(f"- **Data:** {final.data_origin}.")
+    short = [run for run, f in facts.items() if f.epochs != f.full_epochs or f.subset or "tile_size" in f.from_full]
     if short:
-        given = {run: given_over_registry(r) for run, r in results.items()}
-        given_text = by_run({run: ", ".join(f"{k} {used} (registry: {declared})" for k, (declared, used) in g.items()) or "none"
-                             for run, g in given.items()})  # fmt: skip
-        source = (f"the registry's {final['profile']} values" if given_text == "none"
-                  else f"the registry's {final['profile']} values, with parameters given over them: {given_text}")
+        given_text = by_run({run: ", ".join(f"{k} {used} (registry: {declared})" for k, (declared, used) in f.given_over.items()) or "none"
+                             for run, f in facts.items()})  # fmt: skip
+        source = (f"the registry's {final.profile} values" if given_text == "none"
+                  else f"the registry's {final.profile} values, with parameters given over them: {given_text}")
         relation = ("the ResNet50 runs keep the original's relation (the shortest; longer with ReduceLROnPlateau; the longest)"
-                    if keeps_relation(results) else "the ResNet50 runs do not keep the original's relation (the shortest; longer; the longest)")
-        items.append(f"- **Profile `{final['profile']}`:** so that everything runs on a CPU in minutes, the runs are scaled down "
-                     f"({source}); {relation}. Their accuracies are not the original's experiment. As run:\n" + quick_design(results))  # fmt: skip
-    baseline = next((r for r in results.values() if r.config["model"] == "baseline"), None)
+                    if keeps_relation(facts) else "the ResNet50 runs do not keep the original's relation (the shortest; longer; the longest)")
+        items.append(f"- **Profile `{final.profile}`:** so that everything runs on a CPU in minutes, the runs are scaled down "
+                     f"({source}); {relation}. Their accuracies are not the original's experiment. As run:\n" + quick_design(facts))  # fmt: skip
+    baseline = next((f for f in facts.values() if f.model == "baseline"), None)
     if baseline:
-        full = _full_profile_lr(baseline.config)
-        rate = f"lr {baseline.config['lr']:g}" + (f", where the full profile's is {full:g}" if baseline.config["lr"] != full else "")
+        lr = baseline.from_full.get("lr")
+        rate = f"lr {baseline.lr:g}" + (f", where the full profile's is {lr.full:g}" if lr else "")
         items.append(f"- **Baseline optimizer:** the original does not state it; the workbook uses Adam, the later runs' optimizer ({rate}).")
     items.append("- **Predictions:** with the kept 1000-way head, accuracy and predictions take the arg-max over the two "
                  "label outputs; the original took it over all 1000, which can name a class that is neither 0 nor 1.")  # fmt: skip
@@ -430,46 +486,77 @@ def by_run(values: dict[str, object]) -> str:
     return "; ".join(f"{', '.join(runs)}: {value}" for value, runs in groups.items())
 
 
-def _device(environment: dict) -> str:
-    chip = environment["gpu"] if environment["gpu"] != "none" else environment["cpu"]
-    return f"{environment['device']} ({chip})"
+# The environment record's entries that say where a result came from rather than what ran it.
+PROVENANCE_KEYS = ("recorded_at", "workbook_commit")
 
 
-def environment_table(results: dict[str, RunResult]) -> pd.DataFrame:
-    """Where and from what every run was made, one row per fact (a DataFrame with one column,
+def environment_table(facts: dict[str, RunFacts]) -> pd.DataFrame:
+    """The machine and software every run ran on, one row per fact (a DataFrame with one column,
     "value"). A fact the runs share is given once; one they differ in is given per run (by_run), so
     the table is true of every run, not of the final one alone."""
-    summaries = {run: r.summary for run, r in results.items()}
-    fields = list(dict.fromkeys(key for s in summaries.values() for key in s["environment"]))
-    record = {}
-    for key in fields:
-        if key == "recorded_at":  # one per run by nature: the span says when the results were made
-            times = sorted(str(s["environment"][key]) for s in summaries.values() if s["environment"].get(key))
-            record["results saved"] = "not recorded" if not times else times[0] if times[0] == times[-1] else f"{times[0]} (first run) to {times[-1]} (last)"
-        else:
-            record[key] = by_run({run: s["environment"].get(key, "not recorded") for run, s in summaries.items()})
-    facts = {
-        "data set": lambda s: f"{s['data_origin']} ({s['data_dir']})",
-        "layout": lambda s: f"{s.get('data_layout', 'course')}; {s.get('label_rule', '')}",
-        "split": lambda s: s["split"],
-        "training / validation tiles": lambda s: f"{s['n_train']} / {s['n_valid']}",
-        "input path": lambda s: s.get("input_path", ""),
-        "arithmetic": lambda s: s.get("speed_settings", "fp32"),
-        "profile": lambda s: s["profile"],
-    }
-    for name, fact in facts.items():
-        record[name] = by_run({run: fact(s) for run, s in summaries.items()})
-    notes = {run: "; ".join(s.get("data_notes", [])) or "none" for run, s in summaries.items()}
-    if len(set(notes.values())) == 1:
-        record["input notes"] = next(iter(notes.values()))
-    else:  # a row per run: notes are sentences, too long to group in one cell
-        for run, text in notes.items():
-            record[f"input notes, {run}"] = text
-    record["pretrained weights"] = ", ".join(
-        f"{run}: {'yes, ' + r.summary['weights']['source'] if r.summary['weights']['pretrained'] else 'no (from scratch)'}"
-        for run, r in results.items() if r.config["model"] == "resnet50"
-    )  # fmt: skip
+    fields = list(dict.fromkeys(key for f in facts.values() for key in f.environment if key not in PROVENANCE_KEYS))
+    record = {key: by_run({run: f.environment.get(key, "not recorded") for run, f in facts.items()}) for key in fields}
+    record["arithmetic"] = by_run({run: f.arithmetic for run, f in facts.items()})
+    record["input path"] = by_run({run: f.input_path for run, f in facts.items()})
     return pd.DataFrame({"value": record})
+
+
+def provenance_table(facts: dict[str, RunFacts]) -> pd.DataFrame:
+    """Where every run's results came from, one row per fact (a DataFrame with one column, "value"):
+    the workbook's commit, when the results were saved, the data set in the project's words, its
+    layout and split, the run folders and the weights the ResNet50 runs started from."""
+    times = sorted(str(f.environment["recorded_at"]) for f in facts.values() if f.environment.get("recorded_at"))
+    record = {
+        "workbook_commit": by_run({run: f.environment.get("workbook_commit", "not recorded") for run, f in facts.items()}),
+        # one time per run by nature: the span says when the results were made
+        "results saved": ("not recorded" if not times else times[0] if times[0] == times[-1]
+                          else f"{times[0]} (first run) to {times[-1]} (last)"),
+        "profile": by_run({run: f.profile for run, f in facts.items()}),
+        "data set": by_run({run: f"{f.data_origin} ({f.data_set})" for run, f in facts.items()}),
+        "layout": by_run({run: f"{f.data_layout}; {f.label_rule}" for run, f in facts.items()}),
+        "split": by_run({run: f.split for run, f in facts.items()}),
+        "training / validation tiles": by_run({run: f"{f.n_train} / {f.n_valid}" for run, f in facts.items()}),
+        "run folders": ", ".join(f.folder for f in facts.values()),
+    }  # fmt: skip
+    weights = {run: f"yes, {f.weights.source}" if f.weights.pretrained else "no (from scratch)"
+               for run, f in facts.items() if f.model == "resnet50"}
+    if weights:
+        groups: dict[str, list[str]] = {}
+        for run, value in weights.items():
+            groups.setdefault(value, []).append(run)
+        record["pretrained weights"] = "; ".join(f"{', '.join(runs)}: {value}" for value, runs in groups.items())
+    return pd.DataFrame({"value": record})
+
+
+def as_lines(table: pd.DataFrame) -> str:
+    """A one-column table of facts (environment_table, provenance_table) as compact Markdown, one
+    "**name:** value" item per fact separated by " · ": a page holds a dozen facts in a few lines
+    where a table gave each its own row."""
+    return " · ".join(f"**{name}:** {value}" for name, value in table["value"].items())
+
+
+def input_notes(facts: dict[str, RunFacts]) -> str:
+    """What reading each run's tiles noted (sizes brought, subsets drawn), as a Markdown list: each
+    note once, after the runs that made it ("every run" when all did). The decoded-tile cache's
+    bookkeeping (which file, how many tiles decoded now) is said in one line: it changes nothing of
+    what a run saw."""
+    runs_of: dict[str, list[str]] = {}
+    cached = []
+    for run, f in facts.items():
+        for note in f.data_notes:
+            if note.startswith("decoded tiles:"):
+                cached.append(run)
+            else:
+                runs_of.setdefault(note, []).append(run)
+    every = len(facts) > 1
+
+    def who(runs):
+        return "every run" if every and len(runs) == len(facts) else ", ".join(runs)
+
+    lines = [f"- {who(runs)}: {note}" for note, runs in runs_of.items()]
+    if cached:
+        lines.append(f"- {who(cached)}: tiles decoded once into the decoded-tile cache (cache_dir) and read from it")
+    return "\n".join(lines) or "None: every run read its tiles as they were."
 
 
 def held_out_clause(evaluation: dict) -> str:
@@ -477,3 +564,48 @@ def held_out_clause(evaluation: dict) -> str:
     same test tiles, else "" (the scores table then names each run's tiles)."""
     same = _same_tiles(_run_scores(evaluation))
     return f", on {same}" if same else ""
+
+
+def filters_title(facts: dict[str, RunFacts], runs: list[str]) -> str:
+    """The filter figure's title: "baseline after 12 epochs and resnet50-150ep after 7 epochs"."""
+    return " and ".join(f"{run} after {facts[run].epochs} epoch{'s' if facts[run].epochs != 1 else ''}" for run in runs)
+
+
+# --- Alt text: what each figure shows, for a reader who cannot see it ---------------------------------
+
+
+def compared_alt(facts: dict[str, RunFacts]) -> str:
+    scored = [run for run, f in facts.items() if f.held_out]
+    text = f"Validation accuracy per epoch of {names(list(facts))} on one axis, each over its own epochs"
+    if scored:
+        text += (f"; beside it, the best checkpoint's accuracy, balanced accuracy and ROC-AUC of {names(scored)} on the held-out tiles "
+                 "as bars, with each run's majority-class rate as a dashed line")  # fmt: skip
+    return text + "."
+
+
+def filters_alt(f: RunFacts, layers: list[str], shown: str) -> str:
+    return (f"Convolution filters of {f.run} ({', '.join(layers)}; {shown}) in three rows: before training, after its {f.epochs} "
+            f"epoch{'s' if f.epochs != 1 else ''}, each kernel on its own grey scale, and the difference after minus before on a blue-white-red scale symmetric "
+            "around 0, with its own range per layer stated above it.")  # fmt: skip
+
+
+def feature_maps_alt(tile_id, stages: list[str], per_stage: int) -> str:
+    return f"Test tile #{tile_id} and the first {per_stage} channels of the trained baseline's activations after {names(stages)}."
+
+
+def grad_cam_alt(run: str, n: int, wrong: int) -> str:
+    return (f"{n} test tiles, {wrong} of them wrongly classified and framed in red, each above its Grad-CAM heat map from {run}'s last "
+            "residual block: red where the network's predicted class drew most on the tile.")  # fmt: skip
+
+
+def evaluation_alt(run: str, matrix, auc) -> str:
+    (tn, fp), (fn, tp) = matrix
+    roc = f" and its ROC curve (AUC {auc:.3f}) against the diagonal of chance" if auc is not None else ""
+    return (f"Confusion matrix of {run}'s best checkpoint on the test tiles: {tn} normal tiles predicted normal, {fp} predicted cancer; "
+            f"{fn} cancer tiles predicted normal, {tp} predicted cancer{roc}.")  # fmt: skip
+
+
+def tiles_alt(chosen: pd.DataFrame) -> str:
+    wrong = int(chosen["wrong"].sum())
+    return (f"A grid of {len(chosen)} test tiles, each captioned with its id, predicted label and (where known) true label; "
+            f"{wrong} wrongly classified ones come first, framed and captioned in red.")
