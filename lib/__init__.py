@@ -15,6 +15,8 @@ A map, by part; arrows point down (a part imports only those below it):
     data/        layouts, decode, cache, tiles, splits, batches, augment, synthetic (one module per job)
     metrics.py   scores that training and evaluation share (class counts, majority rate, accuracy, ...)
     progress.py  progress bars: redrawn in a terminal or JupyterLab, plain lines in a log
+    files.py     files written whole (temporary name, fsync, rename) and a full disk said in one message;
+                 workers.py worker processes that die with the process that started them
     config.py    RunConfig, the one declaration of a run's parameters; registry.py registry.toml;
                  paths.py where things live
 

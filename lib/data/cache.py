@@ -3,6 +3,7 @@ size under data/cache/, filled row by row as runs ask for rows, by threads or wo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -18,8 +20,10 @@ from PIL import Image
 from lib.data.decode import (TILE_SIZE, BadImagesError, DecodeRecord, check_multi_page, check_non_square, decode_tile, source_signature,
                              square_tile)
 from lib.data.layouts import H5Tile, TileSource
+from lib.files import amount, disk_full_error, is_disk_full, write_whole
 from lib.paths import TILE_CACHE_DIR
 from lib.progress import progress
+from lib.workers import die_with_parent
 
 CACHE_VERSION = 4  # bump when decoding or the cache's files change, so that old caches are not reused (2: row-by-row cache; 3: EXIF orientation, >8-bit scaling, pages; 4: non-square tiles cropped or padded, not squashed)
 
@@ -31,6 +35,10 @@ NOT_DECODED, DECODED, UNREADABLE = 0, 1, 2
 # (96x96 TIFFs on 2 cores: 2,800 tiles/s with threads, 11,800 with processes).
 PROCESS_DECODE_MIN = 2048
 _CHUNK = 256  # tiles per task handed to a worker process
+# Left free beside the cache when decoding begins: the runs' checkpoints (ResNet50's last.pt is about
+# 0.3 GiB) and the system often share its disk, and a cache that took the last byte would fail them.
+FREE_MARGIN = 2**30
+_MEND_SIZE = ", or draw fewer tiles (subset) or smaller ones (tile_size)"
 
 
 def _content_key(sources: list[TileSource], multi_page: str = "refuse", non_square: str = "crop") -> str:
@@ -49,18 +57,61 @@ def _content_key(sources: list[TileSource], multi_page: str = "refuse", non_squa
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    """Whole or absent: written to a temporary name, then renamed."""
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """Whole or absent: written to a temporary name, flushed, then renamed (lib/files.py).
+    Raises DiskFullError naming the file on a full disk."""
+    write_whole(path, lambda f: np.save(f, array), "cache_dir", needed=array.nbytes + 128, tmp=path.with_name(path.name + ".tmp.npy"))
+
+
+def _overwrite_npy(path: Path, array: np.ndarray) -> None:
+    """Rewrite an .npy file's values where they lie, flushed: overwriting blocks it holds takes no
+    new disk space, so the states and headers of rows decoded before a disk filled can still be
+    kept. Each value is valid old or new, so an interruption halfway loses only marks (rows decoded
+    again). A file of another shape or unreadable is written afresh. Raises DiskFullError."""
+    try:
+        offset, same = _npy_offset(path, array)
+    except (OSError, ValueError):  # missing or broken: written whole instead
+        same = False
+    if not same:
+        return _save_npy(path, array)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        _pwrite_all(fd, np.ascontiguousarray(array).tobytes(), offset)
+        os.fsync(fd)
+    except OSError as error:
+        if is_disk_full(error):
+            raise disk_full_error(path, "cache_dir", array.nbytes, "Its earlier values are kept.", _MEND_SIZE) from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def _npy_offset(path: Path, array: np.ndarray) -> tuple[int, bool]:
+    """Where `path`'s values begin, and whether it holds an array of `array`'s shape and type."""
+    on_disk = np.load(path, mmap_mode="r")
+    return on_disk.offset, (on_disk.shape, on_disk.dtype) == (array.shape, array.dtype)
+
+
+def _pwrite_all(fd: int, data: bytes | np.ndarray, offset: int) -> None:
+    """All of `data` at `offset`: a disk that fills mid-write writes part, then raises ENOSPC on the rest."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _write_sparse_npy(f, shape: tuple[int, ...]) -> None:
+    """An uint8 .npy of `shape` with no value written: the header, then a hole the length of the data."""
+    np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    f.truncate(f.tell() + int(np.prod(shape)))
 
 
 # Set in each decoding process: the cache file it writes rows into, and where its rows begin (None when only checking).
 _worker_file: tuple[int, int] | None = None
 
 
-def _start_worker(data_file: str | None) -> None:
+def _start_worker(data_file: str | None, parent_pid: int) -> None:
     global _worker_file
+    die_with_parent(parent_pid)  # a decoding killed halfway leaves no worker behind (each holds hundreds of MB)
     if data_file:
         # Rows are written with pwrite, not through a writable mapping: on a sparse file every
         # first touch of a mapped page faults and allocates (measured: 30 % of the decode time).
@@ -80,7 +131,7 @@ def _decode_chunk(chunk: list[tuple[int, str]], size: int, multi_page: str = "re
         if _worker_file is not None:
             fd, offset = _worker_file
             row_bytes = np.ascontiguousarray(tile.transpose(2, 0, 1))
-            os.pwrite(fd, row_bytes, offset + row * row_bytes.nbytes)
+            _pwrite_all(fd, row_bytes, offset + row * row_bytes.nbytes)  # ENOSPC: the chunk fails, the parent says why
         done.append((row, "", mode, shape, notes))
     return done
 
@@ -116,6 +167,8 @@ class TileCache:
         self.sources, self.keep_tiles, self.multi_page, self.non_square = sources, keep_tiles, multi_page, non_square
         self.cache_dir = Path(cache_dir) if cache_dir and keep_tiles else None
         self.size, self.array, self.state, self.decoded_now = 0, None, None, 0
+        # While decoding into the cache file: its descriptor, where its rows begin; the meta as last saved.
+        self._data_fd, self._data_offset, self._meta_saved = None, 0, ""
         # "notes": per decoded row, what decoding did beyond resizing (EXIF orientation, bit depth, pages).
         self.meta = {"first": str(sources[0]), "n": len(sources), "modes": [], "bad": {}, "notes": {}}
         self.headers = np.full((len(sources), 3), -1, dtype=np.int32)
@@ -125,6 +178,7 @@ class TileCache:
             meta_file, headers_file = self._file(".json"), self._file(".headers.npy")
             if meta_file.is_file() and headers_file.is_file():
                 self.meta, self.headers = json.loads(meta_file.read_text()), np.load(headers_file)
+                self._meta_saved = json.dumps(self.meta)
             else:
                 _forget_older_caches(self.cache_dir, self.meta["first"])
                 self._save_meta()
@@ -133,11 +187,14 @@ class TileCache:
         return self.cache_dir / f"{self.key}{f'-{size}' if size else ''}{suffix}"
 
     def _save_meta(self) -> None:
+        """The meta (when changed) before the headers: the headers' mode codes index its list of modes.
+        Raises DiskFullError."""
         if self.cache_dir is not None:
-            _save_npy(self._file(".headers.npy"), self.headers)
-            tmp = self._file(".json.tmp")
-            tmp.write_text(json.dumps(self.meta))
-            os.replace(tmp, self._file(".json"))
+            text = json.dumps(self.meta)
+            if text != self._meta_saved:
+                write_whole(self._file(".json"), text.encode(), "cache_dir", tmp=self._file(".json.tmp"))
+                self._meta_saved = text
+            _overwrite_npy(self._file(".headers.npy"), self.headers)
 
     def _mode_code(self, mode: str) -> int:
         if mode not in self.meta["modes"]:
@@ -184,97 +241,172 @@ class TileCache:
         else:
             data_file, state_file = self._file(".npy", size), self._file(".state.npy", size)
             if not (data_file.is_file() and state_file.is_file()):
-                tmp = data_file.with_name(data_file.name + ".tmp.npy")
-                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, size, size)).flush()  # sparse: no row written yet
-                os.replace(tmp, data_file)
+                write_whole(data_file, lambda f: _write_sparse_npy(f, (n, 3, size, size)), "cache_dir",
+                            tmp=data_file.with_name(data_file.name + ".tmp.npy"))  # sparse: no row written yet
                 _save_npy(state_file, np.zeros(n, dtype=np.uint8))
             self.array, self.state = np.load(data_file, mmap_mode="r+"), np.load(state_file)
+            self._data_offset = self.array.offset
         for row in self.meta["bad"]:  # unreadable at one size is unreadable at every size
             self.state[int(row)] = UNREADABLE
 
     def decode(self, rows: np.ndarray, desc: str) -> None:
-        """Decode those of `rows` not decoded yet (PIL, in parallel; HDF5 rows in blocks)."""
+        """Decode those of `rows` not decoded yet (PIL, in parallel; HDF5 rows in blocks) into the
+        cache. Raises ValueError when the disk has too little room before decoding begins, and
+        DiskFullError when it fills while decoding: the rows decoded until then are kept."""
         todo = rows[self.state[rows] == NOT_DECODED]
         self.decoded_now = len(todo)
         if not len(todo):
             return
+        decoded_before = int((self.state == DECODED).sum())
+        full = None
         if self.cache_dir is not None:
-            need, free = len(todo) * self.row_bytes, shutil.disk_usage(self.cache_dir).free
-            if need > free - 2**30:  # a full disk would fail halfway, after minutes of decoding
-                raise ValueError(f"decoding {len(todo)} tiles of {self.size}x{self.size} needs {need / 2**30:.1f} GiB in "
-                                 f"{self.cache_dir}, which has {free / 2**30:.1f} GiB free: set cache_dir to a larger disk, "
-                                 "or draw fewer tiles (subset) or smaller ones (tile_size)")  # fmt: skip
-        h5_rows = todo[np.array([isinstance(self.sources[row], H5Tile) for row in todo], dtype=bool)]
-        if len(h5_rows):
-            self._read_h5(h5_rows)
-        file_rows = np.setdiff1d(todo, h5_rows) if len(h5_rows) else todo
-        for row, error, mode, shape, notes in self._run(file_rows, self.size, desc):
-            if error:
-                self.state[row] = UNREADABLE
-                self.meta["bad"][str(row)] = error
-            else:
-                self.state[row] = DECODED
-                width, height = map(int, shape.split("x"))
-                self.headers[row] = (width, height, self._mode_code(mode))
-                if notes:
-                    self.meta.setdefault("notes", {})[str(row)] = notes
-        if self.array is not None and hasattr(self.array, "flush"):
-            self.array.flush()
-        if self.cache_dir is not None:  # the states last: a row counts as decoded once its pixels are on disk
-            _save_npy(self._file(".state.npy", self.size), self.state)
+            self._check_room(len(todo))
+            self._data_fd = os.open(self._file(".npy", self.size), os.O_RDWR)
+        try:
+            try:
+                self._reserve(todo)
+                h5_rows = todo[np.array([isinstance(self.sources[row], H5Tile) for row in todo], dtype=bool)]
+                if len(h5_rows):
+                    self._read_h5(h5_rows)
+                file_rows = np.setdiff1d(todo, h5_rows) if len(h5_rows) else todo
+                for row, error, mode, shape, notes in self._run(file_rows, self.size, desc):
+                    if error:
+                        self.state[row] = UNREADABLE
+                        self.meta["bad"][str(row)] = error
+                    else:
+                        self.state[row] = DECODED
+                        width, height = map(int, shape.split("x"))
+                        self.headers[row] = (width, height, self._mode_code(mode))
+                        if notes:
+                            self.meta.setdefault("notes", {})[str(row)] = notes
+            except OSError as error:
+                if not is_disk_full(error):
+                    raise
+                full = error
+            if self._data_fd is not None:
+                os.fsync(self._data_fd)  # the pixels on disk before the states say so
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            full = error  # the pixels may not have reached the disk: none of this call's rows counts as decoded
+            self.state[todo[self.state[todo] == DECODED]] = NOT_DECODED
+        finally:
+            if self._data_fd is not None:
+                os.close(self._data_fd)
+                self._data_fd = None
         self._save_meta()
+        if self.cache_dir is not None:  # the states last: a row counts as decoded once its pixels are on disk
+            _overwrite_npy(self._file(".state.npy", self.size), self.state)
+        if full is not None:
+            self._disk_filled(todo, decoded_before)
 
-    def _run(self, rows: np.ndarray, size: int | None, desc: str) -> list:
-        """Decode (size given) or read the headers of (size None) `rows`; a list of per-row results."""
+    def _check_room(self, n_rows: int) -> None:
+        """Before minutes of decoding: room for `n_rows` rows and FREE_MARGIN. Raises ValueError."""
+        need, free = n_rows * self.row_bytes, shutil.disk_usage(self.cache_dir).free
+        if need + FREE_MARGIN > free:
+            raise ValueError(f"decoding {n_rows} tiles of {self.size}x{self.size} needs {amount(need)} in {self.cache_dir}, plus a margin "
+                             f"of {amount(FREE_MARGIN)} kept free for the system and the runs' checkpoints, and it has {amount(free)} "
+                             "free: free space on that disk, or set cache_dir to a larger one (CACHE_DIR=/a/larger/disk with make, "
+                             f"cache_dir=... in a notebook){_MEND_SIZE}")  # fmt: skip
+
+    def _reserve(self, rows: np.ndarray) -> None:
+        """Claim the disk blocks of `rows` in the sparse cache file before any is written: a full disk
+        (another program may fill it while decoding runs) then fails here, as an OSError, and the
+        rows' writes cannot run out of room. A filesystem that cannot reserve is left to the
+        writes, which report a full disk as an OSError too (pwrite, never a write through the mapping)."""
+        if self._data_fd is None:
+            return
+        rows = np.sort(rows)
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # runs of neighbouring rows: one call each
+        for first, stop in zip(starts, [*starts[1:], len(rows)]):
+            try:
+                os.posix_fallocate(self._data_fd, self._data_offset + int(rows[first]) * self.row_bytes, int(stop - first) * self.row_bytes)
+            except OSError as error:
+                if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    return
+                raise
+
+    def _disk_filled(self, todo: np.ndarray, decoded_before: int) -> None:
+        """Raises the one message for a disk that filled while decoding `todo`."""
+        now = int(np.isin(self.state[todo], (DECODED, UNREADABLE)).sum())
+        self.decoded_now = now
+        kept = f"{now} of the {len(todo)} tiles were decoded before it filled; " + (
+            f"they and the {decoded_before} decoded earlier are kept in the cache, and a later run decodes only the rest." if now
+            else "a later run decodes them.")  # fmt: skip
+        raise disk_full_error(self._file(".npy", self.size), "cache_dir", (len(todo) - now) * self.row_bytes, kept, _MEND_SIZE) from None
+
+    def _put_rows(self, rows: np.ndarray, tiles: np.ndarray) -> None:
+        """(n, 3, size, size) `tiles` into `rows`: into the cache file with pwrite, which reports a
+        full disk as an OSError, where a write through the mapping into a sparse file would die of
+        SIGBUS; into the array in memory without a cache_dir."""
+        if self._data_fd is None:
+            if self.array is not None:
+                self.array[rows] = tiles
+            return
+        for row, tile in zip(np.atleast_1d(rows).tolist(), tiles):
+            _pwrite_all(self._data_fd, np.ascontiguousarray(tile), self._data_offset + row * self.row_bytes)
+
+    def _run(self, rows: np.ndarray, size: int | None, desc: str) -> Iterator[tuple]:
+        """Decode (size given) or read the headers of (size None) `rows`: per-row results as they come.
+        An error (a full disk) or an interruption stops the tiles not started yet."""
         if not len(rows):
-            return []
+            return
         to_files = all(isinstance(self.sources[row], Path) for row in rows[:64])  # zip members and HDF5 rows stay in this process
         bar = progress(total=len(rows), desc=desc, unit="tile", leave=False)
-        results = []
-        if to_files and len(rows) >= PROCESS_DECODE_MIN and (os.cpu_count() or 1) > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            data_file = str(self._file(".npy", self.size)) if size and self.cache_dir is not None else None
-            if size and self.array is not None and data_file is None:  # in memory: processes cannot write into it
-                results = self._run_threads(rows, size, bar)
+        try:
+            if to_files and len(rows) >= PROCESS_DECODE_MIN and (os.cpu_count() or 1) > 1:
+                data_file = str(self._file(".npy", self.size)) if size and self.cache_dir is not None else None
+                if size and self.array is not None and data_file is None:  # in memory: processes cannot write into it
+                    yield from self._run_threads(rows, size, bar)
+                else:
+                    yield from self._run_processes(rows, size, data_file, bar)
+            elif size:
+                yield from self._run_threads(rows, size, bar)
             else:
-                chunks = [[(int(row), str(self.sources[row])) for row in rows[i : i + _CHUNK]] for i in range(0, len(rows), _CHUNK)]
-                # fork, as DataLoader's workers: the workers start at once and only run PIL and numpy.
-                with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork"),
-                                         initializer=_start_worker, initargs=(data_file,)) as pool:  # fmt: skip
-                    futures = [pool.submit(_decode_chunk, chunk, size, self.multi_page, self.non_square) if size
-                               else pool.submit(_header_chunk, chunk) for chunk in chunks]  # fmt: skip
-                    for future in as_completed(futures):
-                        done = future.result()
-                        results += done
-                        bar.update(len(done))
-        elif size:
-            results = self._run_threads(rows, size, bar)
-        else:
-            for row in rows:
-                results.append(_header(int(row), self.sources[row]))
-                bar.update()
-        bar.close()
-        return results
+                for row in rows:
+                    yield _header(int(row), self.sources[row])
+                    bar.update()
+        finally:
+            bar.close()
 
-    def _run_threads(self, rows: np.ndarray, size: int, bar) -> list:
+    def _run_processes(self, rows: np.ndarray, size: int | None, data_file: str | None, bar) -> Iterator[tuple]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        chunks = [[(int(row), str(self.sources[row])) for row in rows[i : i + _CHUNK]] for i in range(0, len(rows), _CHUNK)]
+        # fork, as DataLoader's workers: the workers start at once and only run PIL and numpy.
+        with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_start_worker, initargs=(data_file, os.getpid())) as pool:  # fmt: skip
+            futures = [pool.submit(_decode_chunk, chunk, size, self.multi_page, self.non_square) if size else pool.submit(_header_chunk, chunk)
+                       for chunk in chunks]  # fmt: skip
+            try:
+                for future in as_completed(futures):
+                    done = future.result()
+                    yield from done
+                    bar.update(len(done))
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def _run_threads(self, rows: np.ndarray, size: int, bar) -> Iterator[tuple]:
         def work(row: int):
             try:
                 tile, mode, shape, notes = decode_tile(self.sources[row], size, self.multi_page, self.non_square)
             except Exception as error:  # PIL raises several types; every one means "not a usable image"
                 return row, f"{type(error).__name__}: {error}", "", "", {}
-            if self.array is not None:
-                self.array[row] = tile.transpose(2, 0, 1)
+            self._put_rows(np.array([row]), tile.transpose(2, 0, 1)[None])
             return row, "", mode, shape, notes
 
-        results = []
         # PIL releases the GIL while decoding JPEG, so threads use every core without copying tiles between processes.
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for result in pool.map(work, rows.tolist()):
-                results.append(result)
-                bar.update()
-        return results
+            futures = [pool.submit(work, row) for row in rows.tolist()]
+            try:
+                for future in futures:
+                    yield future.result()
+                    bar.update()
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def _read_h5(self, rows: np.ndarray) -> None:
         """HDF5 rows need no decoding: read in blocks of neighbouring rows, moved to channels-first."""
@@ -295,8 +427,7 @@ class TileCache:
                 height, width = block.shape[1:3]
                 if (height, width) != (self.size, self.size):
                     block = np.stack([np.asarray(square_tile(Image.fromarray(tile), self.size, self.non_square)) for tile in block])
-                if self.array is not None:
-                    self.array[cache_rows] = block.transpose(0, 3, 1, 2)
+                self._put_rows(cache_rows, block.transpose(0, 3, 1, 2))
                 self.state[cache_rows] = DECODED
                 self.headers[cache_rows] = (width, height, self._mode_code("RGB"))
                 bar.update(len(cache_rows))

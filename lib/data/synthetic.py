@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from lib.workers import die_with_parent
+
 GENERATOR_VERSION = 2  # bump when rendering changes, so stale generated sets are regenerated
 SPEC_FILE = "DATASET.json"
 
@@ -285,7 +287,9 @@ def generate(data_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(), worker
         jobs += [(spec, split, ids[i : i + chunk], str(staging / split)) for i in range(0, count, chunk)]
     rows: dict[str, list] = {"train": [], "test": []}
     total = spec.n_train + spec.n_test
-    with ProcessPoolExecutor(workers) as pool, progress(total=total, desc="generating tiles", unit="tile") as bar:
+    # The workers end with this process, whatever kills it (lib/workers.py).
+    with (ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool,
+          progress(total=total, desc="generating tiles", unit="tile") as bar):  # fmt: skip
         for job, done in zip(jobs, pool.map(_write_chunk, jobs)):
             rows[job[1]] += done
             bar.update(len(done))

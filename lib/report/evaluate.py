@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import torch
 from lib.data import decode_tiles, read_run_layout
 from lib.metrics import score_predictions
 from lib.data.layouts import LayoutError
+from lib.files import write_whole
 from lib.models import build_model, predicted_labels
 from lib.paths import resolve
 from lib.progress import progress
-from lib.training.run_folder import RunFolder, save_atomically
+from lib.training.run_folder import RunFolder
 from lib.training.speed import autocast, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
 SUBMISSION_HEADER = "# Id,Values"  # the original's (course) submission: hard 0/1 labels
@@ -162,14 +164,12 @@ def evaluate_runs(runs_dir: str | Path, runs: list[str], data_dir: str | Path | 
 def _write_lines(path: str | Path, lines: list[str]) -> Path:
     path = resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
-    return path
+    return write_whole(path, ("\n".join(lines) + "\n").encode(), "reports_dir")
 
 
 def write_submission(path: str | Path, ids: list[int], predictions) -> Path:
-    """The original's submission: a `# Id,Values` header, then `id,label` rows in id order."""
+    """The original's submission: a `# Id,Values` header, then `id,label` rows in id order; returns
+    its path. Raises DiskFullError (lib/files.py) on a full disk, the previous file intact."""
     return _write_lines(path, [SUBMISSION_HEADER] + [f"{i},{int(p)}" for i, p in zip(ids, predictions)])
 
 
@@ -252,14 +252,16 @@ def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out
     """evaluation.json (what the report reads) and test_predictions.csv (the final run's `result`)
     beside the submission. evaluation.json holds the final run's record at its top level (`metrics`:
     its test scores, None without test labels), `runs`: each evaluated run's scores and what they
-    were scored on, and `submission`: the record write_submission_file returned (None: none written)."""
+    were scored on, and `submission`: the record write_submission_file returned (None: none written).
+    Returns evaluation.json's path. Raises DiskFullError (lib/files.py) on a full disk, naming the
+    file; the previous one is intact."""
     out_dir = resolve(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = ["id,prediction,score_class1" + (",label" if result.labels is not None else "")]
     for k, i in enumerate(result.ids):
         row = f"{i},{int(result.predictions[k])},{result.scores[k]:.6f}"
         rows.append(row + (f",{int(result.labels[k])}" if result.labels is not None else ""))
-    (out_dir / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+    _write_lines(out_dir / "test_predictions.csv", rows)
     record = {
         "run": run,
         "run_dir": str(Path(result.checkpoint).parent),
@@ -275,5 +277,5 @@ def save_evaluation(result: TilePredictions, metrics: dict | None, run: str, out
                         "metrics": e.metrics} for name, e in (runs or {}).items()},  # fmt: skip
         "submission": submission,
     }
-    save_atomically(record, out_dir / "evaluation.json")
+    write_whole(out_dir / "evaluation.json", json.dumps(record, indent=2).encode(), "reports_dir")
     return out_dir / "evaluation.json"

@@ -12,22 +12,24 @@
                    by the pipeline after the run's notebook succeeded: a later `make run-all` whose training is
                    unchanged redraws the notebook from this result instead of training again
 
-Every file is written to a temporary name and renamed, so an interruption leaves the previous one
-whole. Checkpoints are plain dicts of tensors and numbers, loaded with `weights_only=True`.
+Every file is written to a temporary name, flushed to the disk and renamed (lib/files.py), so an
+interruption or a power loss leaves the previous one whole, and a full disk says so, naming the
+file. Checkpoints are plain dicts of tensors and numbers, loaded with `weights_only=True`.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lib.config import RunConfig
+from lib.files import stored_bytes, write_whole
 from lib.paths import resolve
 
 CHECKPOINTS = ("initial", "best", "last")
@@ -38,14 +40,13 @@ _STALE_ON_FRESH_START = ("last.pt", "best.pt", "history.json", "result.json", "s
 
 
 def save_atomically(obj, path: Path) -> None:
-    """Write `obj` (JSON for a dict or list and a .json path, torch.save otherwise) to a temporary
+    """Write `obj` (JSON for a dict or list and a .json path, torch.save otherwise; DiskFullError on a full disk) to a temporary
     file, then rename it over `path`: an interruption leaves the previous file intact."""
     tmp = path.with_name(path.name + ".tmp")
     if isinstance(obj, (dict, list)) and path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=2))
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+        write_whole(path, json.dumps(obj, indent=2).encode(), "runs_dir", tmp=tmp)
+    else:  # through a file of ours, so that a full disk shows as the OSError under torch's RuntimeError
+        write_whole(path, lambda f: torch.save(obj, f), "runs_dir", needed=stored_bytes(obj), tmp=tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -131,13 +132,12 @@ class RunFolder:
         save_atomically(dataclasses.asdict(config), self.config_file)
 
     def write_split(self, train: list[str], valid: list[str]) -> None:
-        tmp = self.split_file.with_name(self.split_file.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["tile", "side"])
-            writer.writerows([name, "train"] for name in train)
-            writer.writerows([name, "valid"] for name in valid)
-        os.replace(tmp, self.split_file)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["tile", "side"])
+        writer.writerows([name, "train"] for name in train)
+        writer.writerows([name, "valid"] for name in valid)
+        write_whole(self.split_file, text.getvalue().encode(), "runs_dir")
 
     def write_history(self, history: list[dict]) -> None:
         save_atomically(history, self.history_file)
@@ -149,9 +149,7 @@ class RunFolder:
         save_atomically(state, self.checkpoint_file(which))
 
     def record_training_fingerprint(self, fingerprint: str) -> None:
-        tmp = self.fingerprint_file.with_name(self.fingerprint_file.name + ".tmp")
-        tmp.write_text(fingerprint)
-        os.replace(tmp, self.fingerprint_file)
+        write_whole(self.fingerprint_file, fingerprint.encode(), "runs_dir")
 
     # Reading
     def _require(self, path: Path) -> Path:
