@@ -16,7 +16,7 @@ A map, by part; arrows point down (a part imports only those below it):
     metrics.py   scores that training and evaluation share (class counts, majority rate, accuracy, ...)
     progress.py  progress bars: redrawn in a terminal or JupyterLab, plain lines in a log
     config.py    RunConfig, the one declaration of a run's parameters; registry.py registry.toml;
-                 paths.py where things live
+                 paths.py where things live; writer_lock.py one writer per folder (runs/, reports/)
 
 Benchmarks live apart in bench/ (`make bench`, `make bench-scale`); nothing here imports them.
 """
