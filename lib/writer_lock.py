@@ -149,7 +149,7 @@ def held_by_parent(lock: str | Path) -> bool:
         held = json.loads(os.environ.get(HELD_FOR_CHILDREN, "") or "null")
     except ValueError:
         return False
-    if not held or str(lock) not in held.get("locks", []):
+    if not held or os.path.realpath(lock) not in {os.path.realpath(path) for path in held.get("locks", [])}:
         return False
     holder = read_holder(Path(lock))
     return holder is not None and holder.pid == held.get("pid") and _alive(holder.pid)

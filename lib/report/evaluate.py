@@ -17,7 +17,7 @@ from lib.data.layouts import LayoutError
 from lib.models import build_model, predicted_labels
 from lib.paths import resolve
 from lib.progress import progress
-from lib.training.run_folder import RunFolder, save_atomically
+from lib.training.run_folder import RunFolder, save_atomically, temporary_name
 from lib.training.speed import autocast, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
 
 SUBMISSION_HEADER = "# Id,Values"  # the original's (course) submission: hard 0/1 labels
@@ -40,9 +40,13 @@ class TilePredictions:
 def load_trained_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
     """A run's network with the weights of one of its checkpoints ("initial", "best" or "last"), on
     the CPU, in eval mode, and the checkpoint's contents with its "path". Raises FileNotFoundError
-    naming the file when the run has not been trained."""
+    naming the file when the run has not been trained, and DamagedRunFolder naming the file and what
+    to do when it cannot be loaded or, for "best", when the run's files do not agree that it is one
+    whole finished run (RunFolder.check_whole): a damaged run is never scored."""
     folder = RunFolder(run_dir)
     checkpoint = checkpoint.removesuffix(".pt")
+    if checkpoint == "best":
+        folder.check_whole()
     state = folder.load_checkpoint(checkpoint)
     # The checkpoint holds every weight, so no ImageNet file is looked for here.
     config = dataclasses.replace(folder.run_config(), weights="none")
@@ -161,7 +165,7 @@ def evaluate_runs(runs_dir: str | Path, runs: list[str], data_dir: str | Path | 
 def _write_lines(path: str | Path, lines: list[str]) -> Path:
     path = resolve(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
     return path
