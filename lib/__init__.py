@@ -18,7 +18,7 @@ A map, by part; arrows point down (a part imports only those below it):
     files.py     files written whole (temporary name, fsync, rename) and a full disk said in one message;
                  workers.py worker processes that die with the process that started them
     config.py    RunConfig, the one declaration of a run's parameters; registry.py registry.toml;
-                 paths.py where things live
+                 paths.py where things live; writer_lock.py one writer per folder (runs/, reports/)
 
 Benchmarks live apart in bench/ (`make bench`, `make bench-scale`); nothing here imports them.
 """

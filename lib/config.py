@@ -81,6 +81,7 @@ class RunConfig:
     # Its folder
     runs_dir: str = str(RUNS_DIR)  # where runs/<run>/ is written (relative: from the project root)
     resume: bool = False  # True: continue from runs_dir/<run>/last.pt when it was written with this config
+    fresh: bool = False  # True: discard what runs_dir/<run>/ holds and train from the beginning
     checkpoint_every_s: float = 60.0  # seconds: last.pt after the first epoch, then at most this often, and after the last; 0: every epoch
     title: str  # the run's heading in its notebook and the report
     # Its identity: set by the registry and run_config, never by a user
@@ -322,6 +323,9 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter valid_fraction={config.valid_fraction} must lie strictly between 0 and 1")
     if config.lr <= 0:
         raise ValueError(f"parameter lr={config.lr} must be positive")
+    if config.fresh and config.resume:
+        raise ValueError("parameters fresh=True and resume=True contradict each other: fresh discards what the run folder holds, "
+                         "resume continues it; set one of them")  # fmt: skip
     if config.checkpoint_every_s < 0:
         raise ValueError(f"parameter checkpoint_every_s={config.checkpoint_every_s} must be 0 (every epoch) or more seconds")
 

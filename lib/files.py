@@ -61,7 +61,7 @@ def disk_full_error(path: str | Path, place: str, needed: int | None = None, kep
 def write_whole(path: str | Path, content: bytes | Callable[[BinaryIO], object], place: str, needed: int | None = None,
                 tmp: Path | None = None) -> Path:  # fmt: skip
     """Write `content` (bytes, or a function that writes into an open binary file) to `tmp` (default
-    `path` + ".tmp"), flush it to the disk (fsync), rename it over `path` and flush the folder, so that
+    `path` + ".<pid>.tmp"), flush it to the disk (fsync), rename it over `path` and flush the folder, so that
     neither an interruption nor a power loss leaves a half-written file under `path`. `place` names
     the parameter that moves the folder, for the message; `needed` estimates the size a function
     writes. Returns `path`.
@@ -69,7 +69,7 @@ def write_whole(path: str | Path, content: bytes | Callable[[BinaryIO], object],
     Raises DiskFullError (the previous file intact, `tmp` removed) when the disk or quota is full;
     any other error as it came, `tmp` removed."""
     path = Path(path)
-    tmp = tmp or path.with_name(path.name + ".tmp")
+    tmp = tmp or path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique to its writer: two never rename each other's
     existed = path.is_file()
     try:
         with open(tmp, "wb") as f:

@@ -16,21 +16,25 @@ Each stage reruns when what it reads changed since its last successful execution
 "The lib files X imports" is X's code_closure: lib modules found by parsing imports (top-level and
 inside functions), followed through the import graph.
 
-- A run's training: its resolved config (less profile_reason and resume, and less the weights fields
-  for a network without pretrained weights), the data set, the weights file, and the lib files
+- A run's training: its resolved config (less profile_reason, resume, fresh, runs_dir, cache_dir and
+  checkpoint_every_s, data_dir relative to the project inside it, and less the weights fields for a
+  network without pretrained weights), the data set, the weights file, and the lib files
   lib.training imports (config, registry, paths, metrics, data, models, weights, training; no figure,
   report sentence or door). Recorded in runs/<run>/training.fingerprint once its notebook succeeded.
 - A run's notebook: its training, the notebook file, the lib files its code cells import, the
-  registry. Unchanged, with its result.json there: skipped. Changed while its training is unchanged
-  and its result kept (a figure's code changed): executed with resume=True, so that `fit` returns
-  the saved result without training and the notebook redraws. Otherwise executed: it trains.
-- The evaluation: its notebook, the lib files it imports, its parameters, the data set, and the
-  runs' training fingerprints (a run redrawn is not a run retrained).
+  registry. Unchanged, with its result.json there and its files whole (RunFolder.check_whole; a
+  damaged run stops the pipeline by name): skipped. Changed while its training is unchanged and its
+  result kept (a figure's code changed): executed with resume=True, so that `fit` returns the saved
+  result without training and the notebook redraws. Otherwise, or with fresh=True: executed, it trains.
+- The evaluation: its notebook, the lib files it imports, its parameters, the data set, the runs'
+  training fingerprints (a run redrawn is not a run retrained) and their best.pt files' identity.
 - The report (`report`): its notebook, the lib files it imports with lib/report/render.py and its
   templates, the registry, the evaluation's fingerprint, the runs' training fingerprints and
   result.json files; skipped while report.html (and report.pdf where a Chromium is installed) is there.
 
-Notebook fingerprints are kept in reports/executed/.stamps/. A failing notebook stops the pipeline
+runs_dir and reports_dir are locked for the whole run (lib/writer_lock.py): a second pipeline, or a
+notebook's fit, on them is refused by name. SIGTERM (a time limit, `timeout`) stops it as Ctrl-C does,
+with the resume hint. Notebook fingerprints are kept in reports/executed/.stamps/. A failing notebook stops the pipeline
 with a non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the
 runs that finished before it keep their results.
 """
@@ -44,6 +48,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -51,6 +56,7 @@ from pathlib import Path
 from lib import paths, registry
 from lib.config import BASELINE_TILE, PRETRAINED_FIELDS, ParameterError, convert, run_config, settable_fields
 from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
+from lib.writer_lock import FolderInUse
 
 EVALUATION_NOTEBOOK = "05_evaluation.ipynb"
 REPORT_NOTEBOOK = "06_report.ipynb"
@@ -270,12 +276,14 @@ def notebook_code(notebook: str, root: Path | None = None) -> tuple[ast.AST, ...
 
 def data_fingerprint(index) -> str:
     """Identity of a data set as the runs read it (a TileIndex): its layout, every tile file's size
-    and time (or zip CRC), its labels and groups."""
+    and time (or zip CRC), its labels and groups; its folder relative to the project when it lies
+    inside it, and its files by their names inside it (a checkout moved with its data is the same data)."""
     from lib.data import source_signature
 
-    digest = hashlib.sha256(f"{index.data_dir}|{index.layout}|{index.label_rule}".encode())
+    digest = hashlib.sha256(f"{_shown(Path(index.data_dir))}|{index.layout}|{index.label_rule}".encode())
     for source in [*index.train_paths, *index.test_paths]:
-        digest.update(json.dumps(source_signature(source)).encode())
+        name, *identity = source_signature(source)
+        digest.update(json.dumps([name.removeprefix(str(index.data_dir)), *identity]).encode())
     digest.update(index.train_labels.tobytes())
     if index.train_groups is not None:
         digest.update("\n".join(index.train_groups).encode())
@@ -301,11 +309,16 @@ def _digest(record: dict) -> str:
 
 def training_parameters(config, weights_file: list | None) -> dict:
     """A run's resolved config as its training depends on it, with its weights file's identity (from
-    preflight): less `profile_reason` and `resume`, which say how the config was chosen and how a
-    result is reached, not what it is, and less the weights fields for a network that takes no
-    pretrained weights (a weights file given to the ResNet50 runs does not retrain the baseline)."""
-    ignored = {"profile_reason", "resume"} | (set(PRETRAINED_FIELDS) if config.model != "resnet50" else set())
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored} | {"weights file": weights_file}
+    preflight): less `profile_reason`, `resume` and `fresh`, which say how the config was chosen and how a
+    result is reached, not what it is; less `runs_dir`, `cache_dir` and `checkpoint_every_s`, which say
+    where the run and the decoded tiles live and how often it saves, not what it computes; with `data_dir`
+    relative to the project when it lies inside it (a checkout moved with its data trains nothing again);
+    and less the weights fields for a network that takes no pretrained weights (a weights file given to
+    the ResNet50 runs does not retrain the baseline)."""
+    ignored = {"profile_reason", "resume", "fresh", "runs_dir", "cache_dir", "checkpoint_every_s"}
+    ignored |= set(PRETRAINED_FIELDS) if config.model != "resnet50" else set()
+    parameters = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    return parameters | {"data_dir": _shown(Path(config.data_dir)), "weights file": weights_file}
 
 
 def training_fingerprint(parameters: dict, data: str, root: Path | None = None) -> str:
@@ -406,11 +419,17 @@ def _stamp_file(notebook: str, executed_dir: Path) -> Path:
     return executed_dir / ".stamps" / (notebook + ".stamp")
 
 
+def _stamp_matches(notebook: str, executed_dir: Path, stamp: str) -> bool:
+    """The notebook's last successful execution had fingerprint `stamp` and its executed copy is there."""
+    stamp_file = _stamp_file(notebook, executed_dir)
+    return stamp_file.is_file() and stamp_file.read_text() == stamp and (executed_dir / notebook).is_file()
+
+
 def _unchanged(notebook: str, executed_dir: Path, stamp: str, outputs: list[Path] = ()) -> bool:
     """True (and says so) when the notebook's last successful execution had fingerprint `stamp`
     and its executed copy and `outputs` are still there; False otherwise, forgetting that stamp."""
     stamp_file = _stamp_file(notebook, executed_dir)
-    if stamp_file.is_file() and stamp_file.read_text() == stamp and (executed_dir / notebook).is_file():
+    if _stamp_matches(notebook, executed_dir, stamp):
         gone = [str(path) for path in outputs if not Path(path).is_file()]
         if not gone:
             print(f"=== {notebook}: unchanged since its last successful execution, skipped", flush=True)
@@ -495,18 +514,25 @@ def preflight(configs) -> dict[str, list | None]:
 
 def resume_hint(config, settings: dict | None = None) -> str:
     """What to do after a run notebook failed or was stopped: when its folder holds a last.pt of an
-    unfinished run, the make command that continues it, with the parameters this one was given
-    (`settings`, by field or option name), else ""."""
+    unfinished run written with these parameters, the make command that continues it, with the
+    parameters this one was given (`settings`, by field or option name), else "" (a run written with
+    other parameters: `fit`'s own message says what continues it)."""
+    from lib.training.loop import changed_parameters
     from lib.training.run_folder import RunFolder
 
     folder = RunFolder(config.run_dir)
     if config.resume or not folder.checkpoint_file("last").is_file() or folder.has_result():
         return ""
     try:
-        done = int(folder.load_checkpoint("last")["epoch"]) + 1  # epochs count from 0 in the log lines
-    except Exception:  # a damaged last.pt: no hint here; resuming it names the problem
+        done = int(folder.load_checkpoint("last", lazily=True)["epoch"]) + 1  # epochs count from 0 in the log lines
+        # The sizes 0 leaves to the data are resolved in fit (config.json holds them): 0 here differs from no saved size.
+        resolved = {name for name in ("tile_size", "crop_size") if getattr(config, name) == 0}
+        if folder.config_file.is_file() and changed_parameters(folder.read_config(), config, also_ignore=resolved):
+            return ""
+    except Exception:  # a damaged last.pt or config.json: no hint here; resuming it names the problem
         return ""
-    given = " ".join(f"{name.upper()}={shlex.quote(str(value))}" for name, value in (settings or {}).items() if name != "resume")
+    given = " ".join(f"{name.upper()}={shlex.quote(str(value))}" for name, value in (settings or {}).items()
+                     if name not in ("resume", "fresh"))  # fmt: skip
     return (f"\n{folder.checkpoint_file('last')} holds {done} completed epoch(s) of {config.run}'s {config.epochs}. To continue it "
             f"(the finished runs are skipped): make run-all RESUME=true{' ' + given if given else ''}")
 
@@ -528,13 +554,56 @@ def parameters_for(run: str, parameters: dict) -> tuple[dict, str]:
             "tiles only (its first linear layer is sized for them), so it keeps its own tile and crop")  # fmt: skip
 
 
+def pipeline_locks(runs_dir: Path, reports_dir: Path, purpose: str) -> list:
+    """The writer locks a pipeline holds for its whole run (lib/writer_lock.py): runs_dir's (any fit
+    there, in JupyterLab or another pipeline, refuses while it is held; naming those already training
+    when it is refused) and reports_dir's."""
+    from lib.writer_lock import WriterLock, lock_file
+
+    return [WriterLock(lock_file(runs_dir), f"runs_dir {runs_dir}", purpose, siblings=".*.lock"),
+            WriterLock(lock_file(reports_dir), f"reports_dir {reports_dir}", purpose)]  # fmt: skip
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's time limit, `timeout`, kill): stops the pipeline as Ctrl-C does."""
+
+
+def _child_processes() -> list[int]:
+    """This process's children, read from Linux's /proc (elsewhere none are found)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the command, which may hold spaces
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid():
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _stop_on_sigterm(signum, frame) -> None:
+    # The notebooks' kernels run in sessions of their own, so a signal to the pipeline's process group (as
+    # `timeout` and batch schedulers send it) misses them: they are stopped here, at once, rather than torn
+    # down mid-cell (their files are written whole or not at all), then the pipeline stops as on Ctrl-C.
+    for pid in _child_processes():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    raise Terminated()
+
+
 def run_all(settings: dict | None = None) -> None:
     """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
     by field name, as text or typed, and pipeline options). Every run's config is built and checked
     before the first notebook starts, and the data set's layout is read, so a bad parameter or data
-    set fails at once."""
+    set fails at once. runs_dir and reports_dir are locked for the whole run: another pipeline, or a
+    notebook's fit, on them is refused, and this one is refused (FolderInUse, naming the holder) while
+    another holds them. A finished run is checked whole (RunFolder.check_whole) before it is skipped
+    or redrawn; a damaged one stops the pipeline (DamagedRunFolder, naming the file and what to do)."""
     from lib.data import read_run_layout
     from lib.training.run_folder import RunFolder
+    from lib.writer_lock import held_for_children
 
     parameters, options = checked_settings(settings or {})
     runs = _selected_runs(options)
@@ -547,40 +616,48 @@ def run_all(settings: dict | None = None) -> None:
     for folder, name in ((Path(first.runs_dir), "runs_dir"), (executed_dir.parent, "reports_dir"),
                          *([(Path(first.cache_dir), "cache_dir")] if first.cache_dir else [])):  # fmt: skip
         require_writable(folder, name)
-    ensure_data(Path(first.data_dir))
-    data = data_fingerprint(read_run_layout(first))
-    weights = preflight(configs.values())
-    trainings = []
-    for run, config in configs.items():
-        notebook = registry.run_entry(run)["notebook"]
-        # `resume` says how to reach a run's result, not what it is: `make run-all RESUME=true` after an
-        # interruption skips the finished runs and continues the interrupted one.
-        training = training_fingerprint(training_parameters(config, weights.get(run)), data)
-        stamp = fingerprint(notebook, {}, data, upstream=[training])
-        folder = RunFolder(config.run_dir)
-        redraw = ""
-        if folder.has_result() and folder.training_fingerprint() == training:
-            redraw = (f"=== {notebook}: training unchanged since its last run; re-executing it to redraw from "
-                      f"{_shown(folder.path)} without training")  # fmt: skip
-        given, left_out = per_run[run]
-        if left_out:
-            print(left_out, flush=True)
-        try:
-            if _run_if_changed(notebook, executed_dir, given, stamp, outputs=[folder.result_file], redraw=redraw):
-                folder.record_training_fingerprint(training)
-        except NotebookFailed as error:
-            raise NotebookFailed(f"{error}{resume_hint(config, settings)}") from None
-        except KeyboardInterrupt:  # Ctrl-C: the kernel stops with the pipeline; what it saved stays
-            raise NotebookFailed(f"notebooks/{notebook} was interrupted{resume_hint(config, settings)}") from None
-        trainings.append(training)
-    if runs != registry.run_names():
-        print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
-        return
-    evaluation_parameters = {"runs_dir": first.runs_dir, "reports_dir": str(executed_dir.parent)} | (
-        {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
-    # The evaluation scores the runs' best checkpoints: their training decides them, not how their notebooks draw.
-    stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=trainings)
-    _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp, outputs=[executed_dir.parent / "evaluation.json"])
+    with held_for_children(pipeline_locks(Path(first.runs_dir), executed_dir.parent, "make run-all")):
+        ensure_data(Path(first.data_dir))
+        data = data_fingerprint(read_run_layout(first))
+        weights = preflight(configs.values())
+        trainings = []
+        for run, config in configs.items():
+            notebook = registry.run_entry(run)["notebook"]
+            # `resume` says how to reach a run's result, not what it is: `make run-all RESUME=true` after an
+            # interruption skips the finished runs and continues the interrupted one.
+            training = training_fingerprint(training_parameters(config, weights.get(run)), data)
+            stamp = fingerprint(notebook, {}, data, upstream=[training])
+            folder = RunFolder(config.run_dir)
+            redraw = ""
+            if folder.has_result() and folder.training_fingerprint() == training:
+                redraw = (f"=== {notebook}: training unchanged since its last run; re-executing it to redraw from "
+                          f"{_shown(folder.path)} without training")  # fmt: skip
+            if config.fresh:  # asked to train again from the beginning: neither skipped nor redrawn
+                _stamp_file(notebook, executed_dir).unlink(missing_ok=True)
+                redraw = ""
+            elif folder.has_result() and (redraw or _stamp_matches(notebook, executed_dir, stamp)):
+                folder.check_whole()  # skipped or redrawn, it passes for done: a damaged or partial run stops here, by name
+            given, left_out = per_run[run]
+            if left_out:
+                print(left_out, flush=True)
+            try:
+                if _run_if_changed(notebook, executed_dir, given, stamp, outputs=[folder.result_file], redraw=redraw):
+                    folder.record_training_fingerprint(training)
+            except NotebookFailed as error:
+                raise NotebookFailed(f"{error}{resume_hint(config, settings)}") from None
+            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the kernel stops with the pipeline; what it saved stays
+                how = "was stopped by SIGTERM (a time limit, `timeout` or kill)" if isinstance(stop, Terminated) else "was interrupted"
+                raise NotebookFailed(f"notebooks/{notebook} {how}{resume_hint(config, settings)}") from None
+            # The evaluation scores the best checkpoints: one trained again (fresh=True) with the same fingerprint is another file.
+            trainings.append([training, _file_identity(folder.checkpoint_file("best"))])
+        if runs != registry.run_names():
+            print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
+            return
+        evaluation_parameters = {"runs_dir": first.runs_dir, "reports_dir": str(executed_dir.parent)} | (
+            {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
+        # The evaluation scores the runs' best checkpoints: their training decides them, not how their notebooks draw.
+        stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=trainings)
+        _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp, outputs=[executed_dir.parent / "evaluation.json"])
 
 
 def _file_identity(path: Path) -> list:
@@ -643,16 +720,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a time limit's SIGTERM ends as Ctrl-C does: the resume hint, no traceback
     try:
         settings = settings_from_make(os.environ.get("MAKEFLAGS", "")) if "--from-make" in rest else {}
         settings |= parse_assignments([a for a in rest if a != "--from-make"], "python -m lib.pipeline")
         if command == "run-all":
             run_all(settings)
-        elif "--from-make" in rest:  # make report runs run-all first with the same variables: the report takes its folders
-            report({k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")})
         else:
-            report(settings)
-    except (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
+            if "--from-make" in rest:  # make report runs run-all first with the same variables: the report takes its folders
+                settings = {k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")}
+            from lib.writer_lock import held_for_children
+
+            folders = [resolve(convert("runs_dir", settings["runs_dir"]) if "runs_dir" in settings else RUNS_DIR),
+                       resolve(settings.get("reports_dir") or REPORTS_DIR)]  # fmt: skip
+            with held_for_children(pipeline_locks(*folders, "make report")):  # no run may change while the report reads it
+                report(settings)
+    except Terminated:
+        print("\nERROR: stopped by SIGTERM (a time limit, `timeout` or kill); the runs that finished keep their results",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return 1
+    except (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError, FolderInUse) as error:
         print(f"\nERROR: {error}", file=sys.stderr, flush=True)
         return 1
     except ModuleNotFoundError as error:

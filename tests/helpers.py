@@ -109,3 +109,19 @@ def idc_tree(root: Path, patients=("10253", "10254", "12868"), classes=("0", "1"
                 seed += 1
                 write_tile(root.joinpath(patient, *middle, name, f"{patient}_idx5_x{50 * i + 1}_y51_class{name}.png"), seed, size=16)
     return root
+
+
+def write_finished_run(run_dir: Path, epochs: int = 1) -> Path:
+    """A run folder whose files agree that they hold one whole finished run (RunFolder.check_whole), as
+    fit leaves it, for tests whose fake notebooks stand in for training: config.json, history.json,
+    result.json and a best.pt of the best epoch (the last)."""
+    import json
+
+    import torch
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"run": run_dir.name, "epochs": epochs, "runs_dir": str(run_dir.parent)}))
+    (run_dir / "history.json").write_text(json.dumps([{"epoch": e, "valid_accuracy": 0.5} for e in range(epochs)]))
+    (run_dir / "result.json").write_text(json.dumps({"run": run_dir.name, "epochs": epochs, "best_epoch": epochs - 1}))
+    torch.save({"model": {}, "epoch": epochs - 1}, run_dir / "best.pt")
+    return run_dir

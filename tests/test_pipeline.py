@@ -11,6 +11,7 @@ import torchvision
 from lib import pipeline, registry
 from lib.config import ParameterError, run_config
 from lib.data.layouts import read_layout
+from tests.helpers import write_finished_run
 
 
 def test_make_command_line_is_read_from_makeflags_with_spaces_and_backslashes():
@@ -146,8 +147,7 @@ def test_a_run_whose_results_are_gone_or_whose_weights_changed_runs_again(monkey
         (executed_dir / notebook).parent.mkdir(parents=True, exist_ok=True)
         (executed_dir / notebook).write_text("{}")
         run = next(r for r in registry.run_names() if registry.run_entry(r)["notebook"] == notebook)
-        (tmp_path / "runs" / run).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "runs" / run / "result.json").write_text("{}")
+        write_finished_run(tmp_path / "runs" / run)
 
     monkeypatch.setattr(pipeline, "execute", fake_execute)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -181,7 +181,7 @@ def test_an_interrupted_run_names_resume_and_resume_skips_the_finished_runs(monk
         if notebook in interrupt:  # killed after its second epoch was saved
             torch.save({"epoch": 1}, folder / "last.pt")
             raise pipeline.NotebookFailed(f"notebooks/{notebook} could not be executed: RuntimeError: Kernel died")
-        (folder / "result.json").write_text("{}")
+        write_finished_run(folder)
 
     monkeypatch.setattr(pipeline, "execute", fake_execute)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -236,8 +236,7 @@ def test_a_tile_size_for_every_run_reaches_the_resnet50_runs_and_not_the_baselin
     def fake_execute(notebook, executed_dir, parameters):
         given[notebook] = dict(parameters)
         run = next(r for r in registry.run_names() if registry.run_entry(r)["notebook"] == notebook)
-        (tmp_path / "runs" / run).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "runs" / run / "result.json").write_text("{}")
+        write_finished_run(tmp_path / "runs" / run)
         (executed_dir / notebook).parent.mkdir(parents=True, exist_ok=True)
         (executed_dir / notebook).write_text("{}")
 

@@ -12,6 +12,7 @@ from lib.config import run_config
 from lib.paths import PROJECT_ROOT
 from lib.training.loop import _finished_result
 from lib.training.run_folder import RunFolder
+from tests.helpers import write_finished_run
 
 
 def copy_of_project(root: Path) -> Path:
@@ -99,7 +100,8 @@ def test_a_finished_run_resumed_with_weights_it_never_reads_keeps_its_result(tmp
     folder.start(fresh=True)
     folder.write_config(config)
     folder.write_history([{"epoch": 0}, {"epoch": 1}])
-    folder.write_result({"best_epoch": 1})
+    folder.write_result({"run": "baseline", "epochs": 2, "best_epoch": 1})
+    folder.save_checkpoint("best", {"model": {}, "epoch": 1})
     given = dataclasses.replace(config, resume=True, weights_path="/data/resnet50.pth", weights="none")
     assert _finished_result(given, folder) is not None, "the baseline takes no pretrained weights"
     assert _finished_result(dataclasses.replace(given, lr=0.5), folder) is None, "another lr is another run"
@@ -127,7 +129,7 @@ def fake_workbook(tmp_path, tiny_data, monkeypatch):
         if parameters.get("resume") and folder.has_result():
             return
         folder.start(fresh=True)
-        folder.write_result({"trained": len(trained)})
+        write_finished_run(folder.path)
         trained.append(run)
 
     monkeypatch.setattr(pipeline, "execute", fake_execute)

@@ -42,9 +42,13 @@ class TilePredictions:
 def load_trained_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
     """A run's network with the weights of one of its checkpoints ("initial", "best" or "last"), on
     the CPU, in eval mode, and the checkpoint's contents with its "path". Raises FileNotFoundError
-    naming the file when the run has not been trained."""
+    naming the file when the run has not been trained, and DamagedRunFolder naming the file and what
+    to do when it cannot be loaded or, for "best", when the run's files do not agree that it is one
+    whole finished run (RunFolder.check_whole): a damaged run is never scored."""
     folder = RunFolder(run_dir)
     checkpoint = checkpoint.removesuffix(".pt")
+    if checkpoint == "best":
+        folder.check_whole()
     state = folder.load_checkpoint(checkpoint)
     # The checkpoint holds every weight, so no ImageNet file is looked for here.
     config = dataclasses.replace(folder.run_config(), weights="none")

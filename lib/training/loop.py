@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -118,8 +119,9 @@ def log_line(epoch: int, epochs: int, row: dict) -> str:
     )
 
 
-# Config fields that may differ between an interrupted run and its resumption.
-_RESUME_MAY_DIFFER = {"resume", "profile_reason", "device", "cache_dir", "checkpoint_every_s"}
+# Config fields that may differ between an interrupted run and its resumption: how the run is reached,
+# where it lives and runs (a runs folder moved elsewhere resumes), and how often it saves.
+_RESUME_MAY_DIFFER = {"resume", "fresh", "profile_reason", "device", "runs_dir", "cache_dir", "checkpoint_every_s"}
 
 
 @dataclass
@@ -203,11 +205,14 @@ def build_training(config: RunConfig, device: torch.device) -> Training:
     return Training(model, step_model, optimizer, scheduler, settings, weights)
 
 
-def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, data: RunData) -> Start:
-    """Stage 3, resume: with `config.resume`, continue after the epoch last.pt holds (same config
-    required); otherwise start afresh, clearing an earlier run's state, and record the initial
-    weights and the split."""
-    resumed = _resume_state(config, folder) if config.resume else None
+def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, data: RunData,
+                    resumed: tuple[dict | None, str] | None = None) -> Start:  # fmt: skip
+    """Stage 3, resume: continue after the epoch last.pt holds when the folder holds an unfinished
+    run with these parameters (by itself, or asked with `resume`); otherwise start from the beginning,
+    clearing an earlier run's state, and record the initial weights and the split. Raises ValueError
+    where continuing is asked for or progress would be lost (see _resume_state). `resumed`: what
+    _resume_state returned, when fit asked it before loading the data."""
+    resumed, why = resumed or _resume_state(config, folder)
     if resumed is None:
         # A fresh start must not leave an earlier run's state behind: resuming later would
         # otherwise continue that run's last.pt under this run's config.
@@ -225,27 +230,59 @@ def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, da
     history = folder.read_history()[: resumed["epoch"] + 1]
     _restore_random_state(resumed["random"], data.train_loader)
     folder.write_config(config)
-    print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {folder.checkpoint_file('last')})")
+    print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {folder.checkpoint_file('last')}){why}")
     return Start(history=history, epoch=resumed["epoch"] + 1, best_accuracy=max(r["valid_accuracy"] for r in history))
 
 
-def _resume_state(config: RunConfig, folder: RunFolder) -> dict | None:
-    """last.pt when it can be continued: written with the same config and not yet complete."""
-    if not folder.checkpoint_file("last").is_file() or not folder.config_file.is_file():
-        print(f"resume: no completed epoch in {folder.path} yet; starting from the beginning")
-        return None
+def _resume_state(config: RunConfig, folder: RunFolder) -> tuple[dict | None, str]:
+    """(last.pt to continue from, or None to start from the beginning; why, for the resume line).
+
+    A plain run never discards progress: a last.pt of an unfinished run (no result.json, fewer
+    epochs than its config.json's) is continued when it was written with these parameters, and
+    otherwise refused (ValueError naming the parameters, resume and fresh). `fresh` discards it on
+    purpose; `resume` insists on continuing (ValueError when last.pt was written with other
+    parameters or completed all epochs). A finished run, or none, starts from the beginning."""
+    last = folder.checkpoint_file("last")
+    if config.fresh:
+        if last.is_file() or folder.has_result():
+            print(f"fresh: discarding what {folder.path} holds and training {config.run} from the beginning")
+        return None, ""
+    if not last.is_file() or not folder.config_file.is_file():
+        if config.resume:
+            print(f"resume: no completed epoch in {folder.path} yet; starting from the beginning")
+        return None, ""
+    if not config.resume and folder.has_result():
+        return None, ""  # a finished run: run again, it trains again, as a rerun notebook does
     saved = folder.read_config()
-    current = dataclasses.asdict(config)
-    changed = _changed_parameters(saved, current)
+    changed = changed_parameters(saved, config)
+    if not config.resume:
+        done = int(folder.load_checkpoint("last", lazily=True)["epoch"]) + 1
+        if done >= saved.get("epochs", 0):
+            return None, ""  # every epoch done but its result gone: nothing to continue (resume says so)
+        if changed:
+            values = "; ".join(f"{k}: {saved.get(k)!r} there, {getattr(config, k)!r} now" for k in changed)
+            given = " ".join(f"{k.upper()}={shlex.quote(str(saved.get(k)))}" for k in changed)
+            raise ValueError(f"{last} holds {done} completed epoch(s) of {config.run}'s {saved.get('epochs')}, written with other "
+                             f"parameters ({values}); a plain run does not discard them. To continue it, run with the parameters it "
+                             f"was written with and resume: make run-all RESUME=true {given} (in its notebook: resume = True and "
+                             "those values). To discard it and train from the beginning: make run-all FRESH=true "
+                             f"RUNS={config.run} (fresh = True)")  # fmt: skip
+        return folder.load_checkpoint("last"), f"; {folder.path} held an unfinished run with these parameters (fresh=True starts over)"
     if changed:
-        values = "; ".join(f"{k}: {saved.get(k)!r} there, {current[k]!r} now" for k in changed)
-        raise ValueError(f"resume: {folder.checkpoint_file('last')} was written with other parameters ({values}); "
-                         "resume with the same ones (make: NAME=value in upper case), or start afresh with resume=False")  # fmt: skip
+        values = "; ".join(f"{k}: {saved.get(k)!r} there, {getattr(config, k)!r} now" for k in changed)
+        raise ValueError(f"resume: {last} was written with other parameters ({values}); resume with the same ones (make: "
+                         "NAME=value in upper case), or discard it and start from the beginning with fresh=True (FRESH=true)")  # fmt: skip
     state = folder.load_checkpoint("last")
     if state["epoch"] + 1 >= config.epochs:
         raise ValueError(f"resume: {config.run} already completed all {config.epochs} epochs, but its result.json is gone from "
                          f"{folder.path} (its checkpoints and history are there); to train it again, set resume=False (RESUME=false)")  # fmt: skip
-    return state
+    return state, ""
+
+
+def changed_parameters(saved: dict, config: RunConfig, also_ignore=frozenset()) -> list[str]:
+    """The fields whose saved (config.json, as RunFolder.read_config reads it) and current values
+    differ, those that may differ on resume aside."""
+    return _changed_parameters(saved, dataclasses.asdict(config), also_ignore)
 
 
 def _changed_parameters(saved: dict, current: dict, also_ignore=frozenset()) -> list[str]:
@@ -255,15 +292,16 @@ def _changed_parameters(saved: dict, current: dict, also_ignore=frozenset()) -> 
 
 def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
     """The run's saved result when it finished all its epochs with these parameters (those that
-    may differ on resume aside): resuming it has nothing to do, so `make run-all RESUME=true` can
-    re-execute a finished run's notebook without training it again. None otherwise."""
+    may differ on resume aside), checked whole (RunFolder.check_whole: DamagedRunFolder names a file
+    that disagrees): resuming it has nothing to do, so `make run-all RESUME=true` can re-execute a
+    finished run's notebook without training it again. None otherwise."""
     if not folder.has_result() or not folder.config_file.is_file():
         return None
     # A weights file given to every run (`make run-all WEIGHTS=...`) leaves a network without pretrained weights as it was.
     unused = set(PRETRAINED_FIELDS) if config.model != "resnet50" else set()
-    if _changed_parameters(folder.read_config(), dataclasses.asdict(config), also_ignore=unused):
+    if changed_parameters(folder.read_config(), config, also_ignore=unused):
         return None  # other parameters: _resume_state names them
-    result = folder.result()
+    result = folder.check_whole()
     return result if len(result.history) >= config.epochs else None
 
 
@@ -397,25 +435,32 @@ def record_result(config: RunConfig, folder: RunFolder, data: RunData, training:
 
 def fit(config: RunConfig) -> RunResult:
     """Train one run end to end and write its folder, runs_dir/<run>/ (see lib/training/run_folder.py).
-    Raises LayoutError/BadImagesError (data), FileNotFoundError/ValueError (weights, resume) and
-    FloatingPointError (a non-finite loss), each naming the file, parameter or epoch and batch."""
+    Raises LayoutError/BadImagesError (data), FileNotFoundError/ValueError (weights, resume; a plain run
+    over an unfinished one with other parameters), DamagedRunFolder (a file of the run folder that
+    cannot be read), FolderInUse (another process writes the run or its runs_dir) and FloatingPointError
+    (a non-finite loss), each naming the file, parameter, process or epoch and batch."""
     print(config.profile_reason)
     device = resolve_device(config.device)
     seed_everything(config.seed)
     folder = RunFolder(config.run_dir)
-    # Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
-    # that every stage, config.json, resume and the evaluation see the one config the run trains with.
-    index = read_run_layout(config)
-    print(f"data: {index.origin}; {index.describe()}")
-    config, size_note = resolve_sizes(config, index)
-    finished = _finished_result(config, folder) if config.resume else None
-    if finished is not None:
-        print(f"resume: {config.run} already completed all {config.epochs} epochs with these parameters; its results in {folder.path} are kept")
-        return finished
-    data = load_run_data(config, index, device, size_note)
-    print(class_balance_line(class_balance(data, config.batch_size)))
-    training = build_training(config, device)
-    print(f"speed: {data.placement}; {describe(training.settings)}")
-    start = resume_or_start(config, folder, training, data)
-    history, elapsed = train_epochs(config, folder, training, data, start)
-    return record_result(config, folder, data, training, history, elapsed)
+    # One writer per run folder, from before anything is read to its result: a second fit of this run,
+    # or a pipeline on this runs_dir, is refused at once by name (lib/writer_lock.py).
+    with folder.writer():
+        # Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
+        # that every stage, config.json, resume and the evaluation see the one config the run trains with.
+        index = read_run_layout(config)
+        print(f"data: {index.origin}; {index.describe()}")
+        config, size_note = resolve_sizes(config, index)
+        finished = _finished_result(config, folder) if config.resume else None
+        if finished is not None:
+            print(f"resume: {config.run} already completed all {config.epochs} epochs with these parameters; "
+                  f"its results in {folder.path} are kept")  # fmt: skip
+            return finished
+        resumed = _resume_state(config, folder)  # before the data is read: a refusal costs nothing
+        data = load_run_data(config, index, device, size_note)
+        print(class_balance_line(class_balance(data, config.batch_size)))
+        training = build_training(config, device)
+        print(f"speed: {data.placement}; {describe(training.settings)}")
+        start = resume_or_start(config, folder, training, data, resumed)
+        history, elapsed = train_epochs(config, folder, training, data, start)
+        return record_result(config, folder, data, training, history, elapsed)
