@@ -526,10 +526,10 @@ def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: 
 
 
 def _remove_outputs(notebook: str, files: list[Path], when: str = "") -> list[Path]:
-    """Remove those of `files` that exist, saying so (`when`, or the caller does); returns them. A notebook whose execution is
-    stopped midway (Ctrl-C, SIGTERM, a crash, a failing cell) must leave none of its last execution's
-    outputs beside the ones it had already rewritten: removed before it starts, nothing old is left even
-    where no handler runs (SIGKILL, a power cut)."""
+    """Remove those of `files` that exist, saying so (`when`; else the caller says it); returns them.
+    A notebook stopped midway (Ctrl-C, SIGTERM, a crash, a failing cell) must leave none of its last
+    execution's outputs beside those it had already rewritten: removed before it starts, none is left
+    even where no handler runs (SIGKILL, a power cut)."""
     removed = [path for path in files if path.is_file()]
     for path in removed:
         path.unlink()
@@ -750,9 +750,9 @@ def report(settings: dict | None = None) -> Path:
     try:
         execute(REPORT_NOTEBOOK, executed_dir, parameters)
     except KeyboardInterrupt:
-        kept = [_shown(path) for path in (html, pdf) if path.is_file()]
+        kept = " and ".join(_shown(path) for path in (html, pdf) if path.is_file())
         raise NotebookInterrupted(f"notebooks/{REPORT_NOTEBOOK} was interrupted; "
-                                  + (f"{' and '.join(kept)} are the last report's, untouched" if kept else "no report was written")) from None  # fmt: skip
+                                  + (f"{kept} are the last report's, untouched" if kept else "no report was written")) from None
     render_report(executed_dir / REPORT_NOTEBOOK, html, pdf, chromium)
     _record_stamp(REPORT_NOTEBOOK, executed_dir, stamp)  # only once both are written: a failed rendering renders again
     return html

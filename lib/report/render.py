@@ -50,8 +50,8 @@ def _write_whole(output: Path, data: bytes) -> Path:
 
 # `chromium --version` answers in 0.2 s (Debian's); one that has not answered in this long is hung.
 CHROMIUM_CHECK_S = 10
-# Printing the report: a few seconds (PDF_EXPORT_S bounds a Chromium that hangs while printing; its
-# launch is bounded by playwright's own 30 s).
+# Printing the report took 5 s for the quick profile on 2 shared cores; PDF_EXPORT_S bounds a Chromium
+# that hangs while printing (its launch is bounded by playwright's own 30 s).
 PDF_EXPORT_S = 180
 EXPORT_CLOSE_S = 10  # a cancelled export closing its browser
 MEND_CHROMIUM = "`apt-get install chromium` (Debian/Ubuntu), or set CHROMIUM=/path/to/a/working/chromium"
