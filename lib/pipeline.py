@@ -36,7 +36,8 @@ runs_dir and reports_dir are locked for the whole run (lib/writer_lock.py): a se
 notebook's fit, on them is refused by name. SIGTERM (a time limit, `timeout`) stops it as Ctrl-C does,
 with the resume hint. Notebook fingerprints are kept in reports/executed/.stamps/. A failing notebook stops the pipeline
 with a non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the
-runs that finished before it keep their results.
+runs that finished before it keep their results. Ctrl-C and SIGTERM interrupt the running kernel
+and end with one line: what was kept, and the command that goes on (exit 130 or 143).
 """
 
 from __future__ import annotations
@@ -379,7 +380,6 @@ def require_writable(folder: Path, name: str) -> None:
 
 def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
     """Run one notebook with papermill into `executed_dir`; raise NotebookFailed with a clear message on failure."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, parameters)
@@ -396,10 +396,7 @@ def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
     print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters,
-            kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR), log_output=True, progress_bar=False,
-        )  # fmt: skip
+        _papermill_stoppable(notebook, output, parameters)
     except PapermillExecutionError as error:
         raise NotebookFailed(
             f"notebooks/{notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
@@ -413,6 +410,89 @@ def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
 
 class NotebookFailed(RuntimeError):
     pass
+
+
+class NotebookInterrupted(NotebookFailed):
+    """A notebook stopped by Ctrl-C or SIGTERM; the message says where and what was kept."""
+
+
+# After Ctrl-C, how long the kernel gets to end its cell (its KeyboardInterrupt, shown in the executed
+# copy) before it is killed.
+KERNEL_STOP_S = 20
+
+
+def _papermill_stoppable(notebook: str, output: Path, parameters: dict) -> None:
+    """papermill.execute_notebook in a worker thread, so that Ctrl-C and SIGTERM reach this (the main)
+    thread as KeyboardInterrupt. In the main thread nbclient takes both signals for itself: it asks the
+    kernel to shut down, the running cell carries on to its end, and the notebook either finishes as if
+    nothing happened or fails as "kernel died". Here the kernel is interrupted instead (the executed copy
+    shows KeyboardInterrupt in the cell it stopped), given KERNEL_STOP_S to end, then killed, and
+    KeyboardInterrupt is raised again. Raises what papermill raises."""
+    import threading
+
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+
+    kernels = []
+
+    class RecordedKernelManager(AsyncKernelManager):  # papermill makes the manager; this is how we learn its kernel
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            kernels.append(self)
+
+    def refuse_after_stop(**_):  # nbclient calls it before each cell: a kernel that was starting, or between cells, gets no more
+        if stopping.is_set():
+            raise RuntimeError("stopped (Ctrl-C or SIGTERM) before this cell")
+
+    outcome = {}
+
+    def work():
+        try:
+            papermill.execute_notebook(
+                str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR),
+                log_output=True, progress_bar=False, kernel_manager_class=RecordedKernelManager, on_cell_start=refuse_after_stop,
+            )  # fmt: skip
+        except BaseException as error:  # handed to the main thread, which raises it
+            outcome["error"] = error
+        finally:
+            done.set()
+
+    # An Event, not Thread.join: a join interrupted by KeyboardInterrupt marks a live thread as ended
+    # (CPython before 3.13, gh-90882), and the kernel would be left running.
+    done, stopping = threading.Event(), threading.Event()
+    threading.Thread(target=work, name=f"papermill {notebook}", daemon=True).start()
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        stopping.set()
+        _stop_kernels(kernels, done)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _stop_kernels(kernels, done) -> None:
+    """Interrupt the kernels' process groups (the cell raises KeyboardInterrupt, papermill writes the
+    executed copy); kill them if the worker has not ended within KERNEL_STOP_S, or at once on a second
+    Ctrl-C."""
+
+    def send(signum):
+        for manager in kernels:
+            group = getattr(manager.provisioner, "pgid", None)
+            if group:
+                try:
+                    os.killpg(group, signum)
+                except ProcessLookupError:  # already gone
+                    pass
+
+    try:
+        send(signal.SIGINT)
+        done.wait(KERNEL_STOP_S)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        pass
+    if not done.is_set():
+        send(signal.SIGKILL)
+        done.wait(5)
 
 
 def _stamp_file(notebook: str, executed_dir: Path) -> Path:
@@ -446,19 +526,35 @@ def _record_stamp(notebook: str, executed_dir: Path, stamp: str) -> None:
 
 
 def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: str, outputs: list[Path] = (),
-                    redraw: str = "") -> bool:  # fmt: skip
+                    redraw: str = "", replaces: list[Path] = ()) -> bool:  # fmt: skip
     """Execute unless the last successful execution had the same fingerprint and its `outputs`
     (a run's result.json, the evaluation's) are still there. `redraw`, a line saying why, executes
     it with resume=True: its run's training is unchanged and its result kept, so `fit` returns
-    that result without training and the notebook redraws around it. True if it ran."""
+    that result without training and the notebook redraws around it. `replaces`: files the notebook
+    writes, removed (and said) before it starts. True if it ran."""
     if _unchanged(notebook, executed_dir, stamp, outputs):
         return False
     if redraw:
         print(redraw, flush=True)
         parameters = parameters | {"resume": True}
+    _remove_outputs(notebook, replaces, "before it runs again")
     execute(notebook, executed_dir, parameters)
     _record_stamp(notebook, executed_dir, stamp)
     return True
+
+
+def _remove_outputs(notebook: str, files: list[Path], when: str = "") -> list[Path]:
+    """Remove those of `files` that exist, saying so (`when`; else the caller says it); returns them.
+    A notebook stopped midway (Ctrl-C, SIGTERM, a crash, a failing cell) must leave none of its last
+    execution's outputs beside those it had already rewritten: removed before it starts, none is left
+    even where no handler runs (SIGKILL, a power cut)."""
+    removed = [path for path in files if path.is_file()]
+    for path in removed:
+        path.unlink()
+    if removed and when:
+        print(f"=== {notebook}: {', '.join(_shown(path) for path in removed)} removed {when}, so that a stop midway leaves no mix of "
+              "old and new", flush=True)  # fmt: skip
+    return removed
 
 
 def _shown(path: Path) -> str:
@@ -581,18 +677,6 @@ def _child_processes() -> list[int]:
     return children
 
 
-def _stop_on_sigterm(signum, frame) -> None:
-    # The notebooks' kernels run in sessions of their own, so a signal to the pipeline's process group (as
-    # `timeout` and batch schedulers send it) misses them: they are stopped here, at once, rather than torn
-    # down mid-cell (their files are written whole or not at all), then the pipeline stops as on Ctrl-C.
-    for pid in _child_processes():
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    raise Terminated()
-
-
 def run_all(settings: dict | None = None) -> None:
     """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
     by field name, as text or typed, and pipeline options). Every run's config is built and checked
@@ -657,7 +741,33 @@ def run_all(settings: dict | None = None) -> None:
             {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
         # The evaluation scores the runs' best checkpoints: their training decides them, not how their notebooks draw.
         stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=trainings)
-        _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, evaluation_parameters, stamp, outputs=[executed_dir.parent / "evaluation.json"])
+        evaluate_runs(executed_dir, evaluation_parameters, stamp)
+
+
+# What the evaluation notebook writes into reports_dir: one evaluation's files, never mixed with another's.
+EVALUATION_OUTPUTS = ("evaluation.json", "test_predictions.csv", "submission.csv")
+
+
+def evaluate_runs(executed_dir: Path, parameters: dict, stamp: str) -> None:
+    """The evaluation step: its notebook executed unless unchanged (`stamp`). The last evaluation's
+    outputs are removed before it starts, and whatever it wrote before a stop or a failure is removed
+    after, so the outputs in reports_dir are those of one finished evaluation or none. Raises
+    NotebookInterrupted on Ctrl-C or SIGTERM, NotebookFailed when a cell fails."""
+    outputs = [executed_dir.parent / name for name in EVALUATION_OUTPUTS]
+    try:
+        _run_if_changed(EVALUATION_NOTEBOOK, executed_dir, parameters, stamp, outputs=outputs[:1], replaces=outputs)
+    except KeyboardInterrupt:
+        removed = _remove_outputs(EVALUATION_NOTEBOOK, outputs)
+        raise NotebookInterrupted(f"notebooks/{EVALUATION_NOTEBOOK} was interrupted; the runs' results are kept; "
+                                  f"{_unfinished(removed)}") from None  # fmt: skip
+    except NotebookFailed as error:
+        raise NotebookFailed(f"{error}\n{_unfinished(_remove_outputs(EVALUATION_NOTEBOOK, outputs))}") from None
+
+
+def _unfinished(removed: list[Path]) -> str:
+    """What an evaluation stopped midway left: nothing, with what of it was removed."""
+    return (f"what it had written ({', '.join(path.name for path in removed)}) is removed, " if removed else "") + (
+        f"so {', '.join(EVALUATION_OUTPUTS)} are absent until an evaluation finishes")
 
 
 def _file_identity(path: Path) -> list:
@@ -683,7 +793,7 @@ def report(settings: dict | None = None) -> Path:
     """Execute the report notebook over the runs' saved results and render HTML (and PDF, where a
     Chromium is installed), unless nothing it reads changed since it last did and the reports it
     wrote are still there. Returns the HTML report's path."""
-    from lib.report.render import find_chromium, render_html, render_pdf
+    from lib.report.render import find_chromium
 
     settings = dict(settings or {})
     unknown = sorted(set(settings) - {"runs_dir", "reports_dir"})
@@ -701,14 +811,84 @@ def report(settings: dict | None = None) -> Path:
     if _unchanged(REPORT_NOTEBOOK, executed_dir, stamp, outputs=[html, *([pdf] if chromium else [])]):
         print(f"=== report unchanged: {html}{f' and {pdf}' if chromium else ''} kept", flush=True)
         return html
-    execute(REPORT_NOTEBOOK, executed_dir, parameters)
-    html = render_html(executed_dir / REPORT_NOTEBOOK, html)
-    print(f"=== report written: {html}", flush=True)
-    pdf = render_pdf(executed_dir / REPORT_NOTEBOOK, pdf, chromium)
-    if pdf:
-        print(f"=== report written: {pdf}", flush=True)
+    try:
+        execute(REPORT_NOTEBOOK, executed_dir, parameters)
+    except KeyboardInterrupt:
+        kept = " and ".join(_shown(path) for path in (html, pdf) if path.is_file())
+        raise NotebookInterrupted(f"notebooks/{REPORT_NOTEBOOK} was interrupted; "
+                                  + (f"{kept} are the last report's, untouched" if kept else "no report was written")) from None
+    render_report(executed_dir / REPORT_NOTEBOOK, html, pdf, chromium)
     _record_stamp(REPORT_NOTEBOOK, executed_dir, stamp)  # only once both are written: a failed rendering renders again
     return html
+
+
+STALE_PDF = "report.stale.pdf"
+
+
+def render_report(executed: Path, html: Path, pdf: Path, chromium: str | None) -> Path | None:
+    """report.html and report.pdf from the executed report notebook, as one document. The new HTML
+    replaces the old once it is whole, and the old PDF is first renamed report.stale.pdf (kept, but by
+    a name that cannot pass for the new report's), so that no stop at any point (Ctrl-C, SIGTERM, a
+    crash, a full disk) leaves an old PDF beside a new HTML; a new PDF removes the stale one. Returns
+    the PDF written, or None where render_pdf said why there is none. Raises NotebookInterrupted on
+    Ctrl-C or SIGTERM, saying what was written."""
+    from lib.report.render import render_html, render_pdf
+
+    stale, before, set_aside = pdf.with_name(STALE_PDF), _file_identity(html), pdf.is_file()
+    if set_aside:
+        os.replace(pdf, stale)
+    try:
+        render_html(executed, html)  # written whole or not at all
+    except BaseException as error:
+        if set_aside and _file_identity(html) == before:  # the old HTML stands: its PDF goes back beside it
+            os.replace(stale, pdf)
+        if isinstance(error, KeyboardInterrupt):
+            raise NotebookInterrupted(f"rendering {_shown(html)} was interrupted; the last report is kept as it was") from None
+        raise
+    print(f"=== report written: {html}", flush=True)
+    aside = f"; the last report's PDF is set aside as {_shown(stale)}" if stale.is_file() else ""
+    try:
+        written = render_pdf(executed, pdf, chromium)
+    except KeyboardInterrupt:
+        raise NotebookInterrupted(f"printing {_shown(pdf)} was interrupted: {_shown(html)} is written and the PDF not{aside}") from None
+    if written:
+        stale.unlink(missing_ok=True)
+        print(f"=== report written: {written}", flush=True)
+    elif aside:
+        print(f"=== {pdf.name} not written{aside}: it is not the report in {html.name}", flush=True)
+    return written
+
+
+def stop_on_signals() -> tuple[list[int], dict]:
+    """SIGTERM (a batch scheduler's stop, `kill`) takes Ctrl-C's path: both raise KeyboardInterrupt in
+    the main thread, so every stage ends as after Ctrl-C (the kernel interrupted, outputs kept or set
+    aside, one line saying so). Ctrl-C is left alone where the caller ignores it (nohup, a background
+    job). Returns the signals received, in order (for the exit status), and the handlers replaced (for
+    restore_signals)."""
+    received: list[int] = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
+
+    replaced = {signal.SIGTERM: signal.signal(signal.SIGTERM, stop)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        replaced[signal.SIGINT] = signal.signal(signal.SIGINT, stop)
+    return received, replaced
+
+
+def restore_signals(replaced: dict) -> None:
+    for signum, handler in replaced.items():
+        signal.signal(signum, handler)
+
+
+def again_command(command: str, settings: dict, from_make: bool) -> str:
+    """The command line that runs `command` again with the same `settings` (field and option names):
+    `make report EPOCHS=3` for make, `python -m lib.pipeline report epochs=3` otherwise. Repeating
+    them matters: without them the runs' parameters differ and they train again."""
+    if from_make:
+        return " ".join(["make", command, *(f"{name.upper()}={shlex.quote(str(value))}" for name, value in settings.items())])
+    return " ".join(["python -m lib.pipeline", command, *(shlex.quote(f"{name}={value}") for name, value in settings.items())])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -720,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("papermill").setLevel(logging.INFO)
     started = time.perf_counter()
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a time limit's SIGTERM ends as Ctrl-C does: the resume hint, no traceback
+    received, replaced = stop_on_signals()
+    settings: dict = {}
     try:
         settings = settings_from_make(os.environ.get("MAKEFLAGS", "")) if "--from-make" in rest else {}
         settings |= parse_assignments([a for a in rest if a != "--from-make"], "python -m lib.pipeline")
@@ -728,17 +909,19 @@ def main(argv: list[str] | None = None) -> int:
             run_all(settings)
         else:
             if "--from-make" in rest:  # make report runs run-all first with the same variables: the report takes its folders
-                settings = {k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")}
+                folders_given = {k: v for k, v in settings.items() if k in ("runs_dir", "reports_dir")}
+            else:
+                folders_given = settings
             from lib.writer_lock import held_for_children
 
-            folders = [resolve(convert("runs_dir", settings["runs_dir"]) if "runs_dir" in settings else RUNS_DIR),
-                       resolve(settings.get("reports_dir") or REPORTS_DIR)]  # fmt: skip
+            folders = [resolve(convert("runs_dir", folders_given["runs_dir"]) if "runs_dir" in folders_given else RUNS_DIR),
+                       resolve(folders_given.get("reports_dir") or REPORTS_DIR)]  # fmt: skip
             with held_for_children(pipeline_locks(*folders, "make report")):  # no run may change while the report reads it
-                report(settings)
-    except Terminated:
-        print("\nERROR: stopped by SIGTERM (a time limit, `timeout` or kill); the runs that finished keep their results",
-              file=sys.stderr, flush=True)  # fmt: skip
-        return 1
+                report(folders_given)
+    except (NotebookInterrupted, KeyboardInterrupt) as error:
+        stopped = str(error) if isinstance(error, NotebookInterrupted) else f"{command} was interrupted; the stages that finished are kept"
+        print(f"\nINTERRUPTED: {stopped}. To go on: {again_command(command, settings, '--from-make' in rest)}", file=sys.stderr, flush=True)
+        return 128 + (received[-1] if received else signal.SIGINT)  # the shell's status for a process a signal stopped
     except (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError, FolderInUse) as error:
         print(f"\nERROR: {error}", file=sys.stderr, flush=True)
         return 1
@@ -747,6 +930,8 @@ def main(argv: list[str] | None = None) -> int:
               f".venv. To mend it, {MEND_VENV} and use make (`make run-all`) or .venv/bin/python -m lib.pipeline; or "
               "install them into this Python with `pip install -r requirements.txt`", file=sys.stderr, flush=True)  # fmt: skip
         return 1
+    finally:
+        restore_signals(replaced)
     print(f"=== {command} finished in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 
