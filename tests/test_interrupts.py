@@ -17,6 +17,7 @@ import pytest
 from lib import pipeline, registry
 from lib.paths import PROJECT_ROOT
 from lib.report import render
+from tests.helpers import write_finished_run
 
 EVALUATION_OUTPUTS = ("evaluation.json", "test_predictions.csv", "submission.csv")
 FAKE_CHROMIUMS = {  # shell scripts that stand where a Chromium is looked for
@@ -236,8 +237,7 @@ def evaluated_workbook(tmp_path, tiny_data, monkeypatch):
                 (reports / name).write_text("new")
             return
         run = next(r for r in registry.run_names() if registry.run_entry(r)["notebook"] == notebook)
-        (tmp_path / "runs" / run).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "runs" / run / "result.json").write_text("{}")
+        write_finished_run(tmp_path / "runs" / run)  # whole: a skipped run is checked before it passes for done
 
     monkeypatch.setattr(pipeline, "execute", fake_execute)
     settings = {"data_dir": str(tiny_data), "reports_dir": str(reports), "runs_dir": str(tmp_path / "runs"), "weights": "none"}
