@@ -570,7 +570,14 @@ def ensure_data(data_dir: Path) -> None:
         start = time.perf_counter()
         generate(data_dir)
         print(f"=== data: generated default set ready at {data_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
-    elif not data_dir.exists():
+    else:
+        require_data(data_dir)
+
+
+def require_data(data_dir: Path) -> None:
+    """A user's data_dir must exist (the default set is generated when missing); checked before the
+    pipeline takes its locks, so a typo is named first. Raises FileNotFoundError naming it."""
+    if data_dir != DEFAULT_DATA_DIR and not data_dir.exists():
         raise FileNotFoundError(f"data_dir {data_dir} does not exist (DATA= or data_dir=; relative paths are read from {PROJECT_ROOT})")
 
 
@@ -700,6 +707,7 @@ def run_all(settings: dict | None = None) -> None:
     for folder, name in ((Path(first.runs_dir), "runs_dir"), (executed_dir.parent, "reports_dir"),
                          *([(Path(first.cache_dir), "cache_dir")] if first.cache_dir else [])):  # fmt: skip
         require_writable(folder, name)
+    require_data(Path(first.data_dir))
     with held_for_children(pipeline_locks(Path(first.runs_dir), executed_dir.parent, "make run-all")):
         ensure_data(Path(first.data_dir))
         data = data_fingerprint(read_run_layout(first))
@@ -803,6 +811,11 @@ def report(settings: dict | None = None) -> Path:
     reports_dir = resolve(settings.pop("reports_dir", None) or REPORTS_DIR)
     executed_dir = reports_dir / "executed"
     parameters = {"runs_dir": str(runs_dir), "reports_dir": str(reports_dir)}
+    from lib.training.run_folder import RunFolder
+
+    for run in registry.run_names():  # the report stands on whole runs: a damaged one is named, even when nothing else changed
+        if RunFolder(runs_dir / run).has_result():
+            RunFolder(runs_dir / run).check_whole()
     templates = sorted(path for path in (PROJECT_ROOT / RENDERING_TEMPLATES).rglob("*") if path.is_file())
     stamp = fingerprint(REPORT_NOTEBOOK, parameters, "", upstream=[*report_inputs(runs_dir, reports_dir), _hash_files(templates)],
                         modules=RENDERING_MODULES)  # fmt: skip

@@ -78,3 +78,15 @@ def test_cache_file_is_found_where_torchvision_keeps_it_and_checked_against_its_
     assert outcome.pretrained and outcome.source == str(named) and outcome.notice == ""  # the original's set-up: nothing to say
     _, outcome = build_resnet50("binary", "imagenet")
     assert outcome.pretrained and "fc head is 1000-way, the run's is 2-way" in outcome.notice
+
+
+def test_what_a_network_learned_is_drawn_for_every_model_a_run_may_take():
+    """The report's feature maps and Grad-CAM take the small CNN too (model=small), not the
+    baseline's and ResNet50's layers only."""
+    from lib.report.explain import feature_maps, grad_cam, last_conv_block
+
+    small = SmallCNN()
+    maps = feature_maps(small, torch.rand(3, 64, 64))
+    assert len(maps) >= 2 and all(v.dim() == 3 for v in maps.values())
+    assert grad_cam(small, torch.rand(2, 3, 64, 64), last_conv_block(small), torch.tensor([0, 1])).shape == (2, 64, 64)
+    assert list(feature_maps(BaselineCNN(), torch.rand(3, 256, 256))) == ["conv1 + relu + pool", "conv2 + relu + pool", "conv3 + relu"]

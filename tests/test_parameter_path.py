@@ -32,12 +32,14 @@ def walk_values(tmp_path, data_dir) -> dict:
     }  # fmt: skip
 
 
-# Fields that exclude others in one run (a class_map replaces positive_class): walked in a second run.
-ALTERNATES = {"class_map": "benign=0,tumour=1", "group_level": 1}
+# Fields that exclude others in one run (a class_map replaces positive_class; fresh and resume are refused together):
+# walked in a second run.
+ALTERNATES = {"class_map": "benign=0,tumour=1", "group_level": 1, "fresh": True}
+REPLACED_BY_ALTERNATES = ("positive_class", "resume")
 
 
 def alternate_values(tmp_path, data_dir) -> dict:
-    values = {k: v for k, v in walk_values(tmp_path, data_dir).items() if k != "positive_class"} | ALTERNATES
+    values = {k: v for k, v in walk_values(tmp_path, data_dir).items() if k not in REPLACED_BY_ALTERNATES} | ALTERNATES
     return values | {"runs_dir": str(tmp_path / "runs-alternate")}
 
 

@@ -2,6 +2,7 @@
 drawing and the report's sentences redraw a run's notebook from its saved result, never retrain it."""
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -83,12 +84,13 @@ def test_a_figure_change_keeps_every_training_fingerprint_and_a_training_change_
     after_figures = fingerprints()
     assert after_figures[0] == training, "a figure's code trains nothing again"
     assert all(after_figures[1][run] != notebooks[run] for run in notebooks), "every run notebook draws with it"
-    append_code(root, "report/results.py")
-    assert fingerprints() == after_figures, "the report's sentences are no run notebook's code"
+    append_code(root, "report/results.py")  # the run notebooks' curve notes are sentences of it: they redraw, never retrain
+    after_sentences = fingerprints()
+    assert after_sentences[0] == training, "the report's sentences train nothing again"
     for module in ("__init__.py", "training/loop.py"):  # a comment or docstring reworded retrains nothing
         path = root / "lib" / module
         path.write_text(path.read_text().replace('"""', '"""Reworded. ', 1) + "\n# a comment that computes nothing\n")
-    assert fingerprints() == after_figures, "docstrings and comments are not the code that trains"
+    assert fingerprints() == after_sentences, "docstrings and comments are not the code that trains"
     append_code(root, "training/loop.py")
     after_loop = fingerprints()
     assert all(after_loop[0][run] != training[run] for run in training), "the training loop retrains every run"
@@ -196,7 +198,10 @@ def test_the_report_is_skipped_when_nothing_it_reads_changed(fake_workbook, monk
     assert executions.count((pipeline.REPORT_NOTEBOOK, None)) == 1 and rendered == ["report.html", "pdf"]
     assert "=== 06_report.ipynb: unchanged since its last successful execution, skipped" in capsys.readouterr().out
 
-    append_code(root, "report/results.py")  # a sentence of the report: no run or evaluation executes, the report does
+    report_notebook = root / "notebooks" / pipeline.REPORT_NOTEBOOK  # a sentence of the report's own: only the report executes
+    cells = json.loads(report_notebook.read_text())
+    cells["cells"][0]["source"].append(" Reworded.")
+    report_notebook.write_text(json.dumps(cells))
     pipeline.run_all(settings)
     pipeline.report(folders)
     assert executions[5:] == [(pipeline.REPORT_NOTEBOOK, None)] * 2

@@ -28,6 +28,38 @@ def baseline_feature_maps(model: BaselineCNN, tile: torch.Tensor) -> dict[str, t
     return maps
 
 
+@torch.inference_mode()
+def feature_maps(model: nn.Module, tile: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The activations of one float tile (3, H, W) after each convolution stage of `model`:
+    baseline_feature_maps for the original's baseline; for another network (the small CNN a run may
+    be given with model=small), each convolution's output through a ReLU, in forward order.
+    Returns {stage name: (channels, H', W')}."""
+    if isinstance(model, BaselineCNN):
+        return baseline_feature_maps(model, tile)
+    model.eval()
+    maps, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(lambda m, i, out, name=name: maps.__setitem__(f"{name} + relu", F.relu(out)[0])))
+    try:
+        model(tile.unsqueeze(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return maps
+
+
+def last_conv_block(model: nn.Module) -> nn.Module:
+    """Where Grad-CAM looks: ResNet50's last residual block (layer4[-1]), else the network's last
+    convolution. Raises ValueError for a network without one."""
+    if hasattr(model, "layer4"):
+        return model.layer4[-1]
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError(f"{type(model).__name__} has no convolution for Grad-CAM to look at")
+    return convolutions[-1]
+
+
 def grad_cam(model: nn.Module, tiles: torch.Tensor, target_layer: nn.Module, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al., 2017): for each float tile (N, 3, H, W), the target layer's
     activations weighted by the mean gradient of the class's output, rectified and scaled to

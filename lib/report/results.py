@@ -10,6 +10,7 @@ original's (full) profile is RunFacts.from_full, said here in each place's words
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -188,16 +189,19 @@ def choose_test_tiles(evaluation: dict, reports_dir, count: int) -> pd.DataFrame
     return chosen.reset_index(drop=True)
 
 
-def decode_test_tiles(evaluation: dict, ids: list, size: int | None = None) -> "torch.Tensor":
+def decode_test_tiles(evaluation: dict, ids: list, size: int | None = None, runs_dir=None) -> "torch.Tensor":
     """Decoded tiles (N, 3, size, size) uint8 for the given evaluated ids: test tiles, or the labelled
     tiles (ids are their paths) when the data set had no test set. `size`: the course's 256 by
-    default; a run's own tile_size to show a network what it saw."""
+    default; a run's own tile_size to show a network what it saw. `runs_dir`: where the evaluated run
+    lives now (a runs folder moved since the evaluation); by default where the evaluation found it."""
     import dataclasses
 
     from lib.data import TILE_SIZE, decode_tiles, read_run_layout
 
-    config = RunFolder(evaluation["run_dir"]).run_config()
-    index = read_run_layout(dataclasses.replace(config, data_dir=evaluation["data_dir"]))
+    folder = RunFolder(Path(runs_dir) / evaluation["run"] if runs_dir else evaluation["run_dir"])
+    config = folder.run_config()  # its data_dir read as where the data lies now (RunFolder.read_config)
+    data_dir = evaluation["data_dir"] if Path(evaluation["data_dir"]).exists() else config.data_dir
+    index = read_run_layout(dataclasses.replace(config, data_dir=data_dir))
     if index.test_paths:
         by_id = dict(zip(index.test_ids, index.test_paths))
     else:
@@ -217,7 +221,7 @@ def tile_captions(chosen: pd.DataFrame) -> list[str]:
 def submission_head(reports_dir, lines: int = 6) -> str:
     path = resolve(reports_dir) / "submission.csv"
     if not path.is_file():
-        return f"No submission file: the data set has no test tiles to predict ({path} not written)."
+        return "No submission file: the data set has no test tiles to predict (submission.csv not written)."
     rows = path.read_text().splitlines(keepends=True)
     return f"{path.name} ({len(rows) - 1} rows), first lines:\n\n```\n{''.join(rows[:lines])}```"
 

@@ -188,7 +188,7 @@ def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, siz
         valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
     print(f"split: {split.description}; {len(split.train)} training and {len(split.valid)} validation tiles "
-          f"({'subset of ' + str(config.subset) if config.subset else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
+          f"({'a subset of ' + str(config.subset) if 0 < config.subset < len(tile_set.labels) else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
     return RunData(index, tile_set, split, train_loader, valid_loader, placement, data_notes)
 
 
