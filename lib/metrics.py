@@ -72,11 +72,26 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f} %"
 
 
+def interval_text(metrics: dict, name: str, scale: float = 100, digits: int = 2) -> str:
+    """" [78.71, 85.16]": the 95 % interval of `name` in `metrics["intervals"]` (lib/stats.py
+    bootstrap_scores), in the unit the value is shown in (`scale` 100 for percent, 1 for ROC-AUC);
+    "" when the scores carry no interval (an older evaluation, or undefined)."""
+    interval = (metrics.get("intervals") or {}).get(name)
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return ""
+    return f" [{scale * interval['low']:.{digits}f}, {scale * interval['high']:.{digits}f}]"
+
+
 def scores_text(metrics: dict) -> str:
     """One line that puts accuracy beside its floor: accuracy, the majority-class rate and class
-    counts of the same tiles, balanced accuracy, ROC-AUC, and a one-class predictor named in words."""
+    counts of the same tiles, balanced accuracy, ROC-AUC, each score with its 95 % interval in
+    brackets when the scores carry them (the method said once at the end), and a one-class
+    predictor named in words."""
     n0, n1 = metrics["class_counts"]
-    auc = f"{metrics['roc_auc']:.3f}" if metrics["roc_auc"] is not None else "undefined (one class)"
-    text = (f"accuracy {percent(metrics['accuracy'])} (majority-class rate {percent(metrics['majority_rate'])}: "
-            f"{n0} tiles of class 0, {n1} of class 1), balanced accuracy {percent(metrics['balanced_accuracy'])}, ROC-AUC {auc}")  # fmt: skip
-    return text + (f"; it {metrics['one_class']}" if metrics["one_class"] else "")
+    auc = f"{metrics['roc_auc']:.3f}{interval_text(metrics, 'roc_auc', 1, 3)}" if metrics["roc_auc"] is not None else "undefined (one class)"
+    text = (f"accuracy {percent(metrics['accuracy'])}{interval_text(metrics, 'accuracy')} (majority-class rate {percent(metrics['majority_rate'])}: "
+            f"{n0} tiles of class 0, {n1} of class 1), balanced accuracy {percent(metrics['balanced_accuracy'])}"
+            f"{interval_text(metrics, 'balanced_accuracy')}, ROC-AUC {auc}")  # fmt: skip
+    text += f"; it {metrics['one_class']}" if metrics["one_class"] else ""
+    method = (metrics.get("intervals") or {}).get("method")
+    return text + (f" (in brackets: {method})" if method else "")

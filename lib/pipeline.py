@@ -59,13 +59,18 @@ from lib.config import BASELINE_TILE, PRETRAINED_FIELDS, ParameterError, convert
 from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
 from lib.writer_lock import FolderInUse
 
-EVALUATION_NOTEBOOK = "05_evaluation.ipynb"
-REPORT_NOTEBOOK = "06_report.ipynb"
+EVALUATION_NOTEBOOK = "06_evaluation.ipynb"
+REPORT_NOTEBOOK = "07_report.ipynb"
 # The pipeline's own settings, beside the run parameters.
 PIPELINE_OPTIONS = {
     "runs": "registry runs to execute, comma-separated (default: all, then the evaluation)",
     "reports_dir": "where executed notebooks, the evaluation and the report go (default: reports/)",
+    # The evaluation's own options (06_evaluation.ipynb's parameters of the same names).
+    "second_test": "a second labelled test set in any supported layout, every run scored on it too (default auto: the generated "
+                   "other-laboratory set with the generated data, none otherwise; '' for none)",
+    "tta": "runs also scored with test-time augmentation, the mean over each tile's 8 flips and rotations: none, final (default) or all",
 }
+EVALUATION_OPTIONS = ("second_test", "tta")
 # make variables that are shortcuts users look for; every other NAME is the field name in upper case.
 # WEIGHTS is usually the file users hold (weights_path); its two words, imagenet and none, are the
 # `weights` field's values, so WEIGHTS=none means that field.
@@ -157,6 +162,16 @@ def checked_settings(settings: dict) -> tuple[dict, dict]:
         if parameters.get(name):  # notebooks run in notebooks/: every path goes to them absolute
             parameters[name] = str(resolve(parameters[name]))
     options = {name: value for name, value in settings.items() if name in PIPELINE_OPTIONS}
+    if options.get("tta") is not None:
+        from lib.report.evaluate import TTA_CHOICES
+
+        options["tta"] = str(options["tta"]).strip().lower()
+        if options["tta"] not in TTA_CHOICES:
+            raise ParameterError(f"tta={settings['tta']!r} is not one of {', '.join(TTA_CHOICES)}: which runs are also scored on the mean "
+                                 "over each tile's 8 flips and right-angle rotations")  # fmt: skip
+    second = str(options.get("second_test") or "").strip()
+    if second and second.lower() not in ("auto", "none"):  # notebooks run in notebooks/: the path goes to them absolute
+        options["second_test"] = str(resolve(second))
     return parameters, options
 
 
@@ -565,10 +580,10 @@ def _shown(path: Path) -> str:
 def ensure_data(data_dir: Path) -> None:
     """Generate the embedded default set when it is the one asked for; never touch user data."""
     if data_dir == DEFAULT_DATA_DIR:
-        from lib.data.synthetic import generate
+        from lib.data.synthetic import ensure_default
 
         start = time.perf_counter()
-        generate(data_dir)
+        ensure_default(data_dir)  # with its second test set, another laboratory's stain
         print(f"=== data: generated default set ready at {data_dir} ({time.perf_counter() - start:.0f} s)", flush=True)
     else:
         require_data(data_dir)
@@ -708,6 +723,10 @@ def run_all(settings: dict | None = None) -> None:
                          *([(Path(first.cache_dir), "cache_dir")] if first.cache_dir else [])):  # fmt: skip
         require_writable(folder, name)
     require_data(Path(first.data_dir))
+    second = str(options.get("second_test") or "")
+    if second and second.lower() not in ("auto", "none") and not Path(second).exists():  # named before hours of training, not after
+        raise FileNotFoundError(f"second_test {second} does not exist (SECOND_TEST= or second_test=: a second labelled test set in any "
+                                f"supported layout; relative paths are read from {PROJECT_ROOT}; '' for none)")  # fmt: skip
     with held_for_children(pipeline_locks(Path(first.runs_dir), executed_dir.parent, "make run-all")):
         ensure_data(Path(first.data_dir))
         data = data_fingerprint(read_run_layout(first))
@@ -746,14 +765,32 @@ def run_all(settings: dict | None = None) -> None:
             print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
             return
         evaluation_parameters = {"runs_dir": first.runs_dir, "reports_dir": str(executed_dir.parent)} | (
-            {"device": parameters["device"]} if "device" in parameters else {})  # fmt: skip
+            {"device": parameters["device"]} if "device" in parameters else {}) | {
+            name: str(options[name]) for name in EVALUATION_OPTIONS if options.get(name) is not None}  # fmt: skip
+        second = second_test_identity(options.get("second_test"), first)
         # The evaluation scores the runs' best checkpoints: their training decides them, not how their notebooks draw.
-        stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=trainings)
+        stamp = fingerprint(EVALUATION_NOTEBOOK, evaluation_parameters, data, upstream=[*trainings, second])
         evaluate_runs(executed_dir, evaluation_parameters, stamp)
 
 
 # What the evaluation notebook writes into reports_dir: one evaluation's files, never mixed with another's.
-EVALUATION_OUTPUTS = ("evaluation.json", "test_predictions.csv", "submission.csv")
+EVALUATION_OUTPUTS = ("evaluation.json", "test_predictions.csv", "predictions.csv", "submission.csv")
+
+
+def second_test_identity(second_test, config) -> str:
+    """The data fingerprint of the second test set the evaluation will score (its `second_test`
+    option resolved as the evaluation resolves it), or "none": a changed set is scored again.
+    Raises FileNotFoundError naming a second test set that is not there."""
+    from lib.data import read_run_layout
+    from lib.report.evaluate import resolve_second_test
+
+    where = resolve_second_test(second_test, config.data_dir)
+    if where is None:
+        return "none"
+    if not where.exists():
+        raise FileNotFoundError(f"second_test={second_test or 'auto'}: {where} does not exist (a second labelled test set in any "
+                                "supported layout; SECOND_TEST='' for none)")  # fmt: skip
+    return data_fingerprint(read_run_layout(dataclasses.replace(config, data_dir=str(where))))
 
 
 def evaluate_runs(executed_dir: Path, parameters: dict, stamp: str) -> None:

@@ -187,7 +187,7 @@ def test_a_signal_while_the_report_notebook_runs_ends_in_one_line_with_the_last_
     last_report(reports)
     status, output, pid = signalled(root, ["report", f"runs_dir={tmp_path / 'runs'}", f"reports_dir={reports}"], "drawing the report", signum)
     said = assert_one_line_ending(status, output, signum)
-    assert f"06_report.ipynb was interrupted; {reports / 'report.html'} and {reports / 'report.pdf'} are the last report's, untouched" in said
+    assert f"07_report.ipynb was interrupted; {reports / 'report.html'} and {reports / 'report.pdf'} are the last report's, untouched" in said
     assert said.endswith(f"To go on: python -m lib.pipeline report runs_dir={tmp_path / 'runs'} reports_dir={reports}")
     assert (reports / "report.html").read_text() == "<html>the last report</html>" and (reports / "report.pdf").exists()
     executed = (reports / "executed" / pipeline.REPORT_NOTEBOOK).read_text()
@@ -270,7 +270,7 @@ def test_sigterm_midway_through_the_evaluation_leaves_no_mix_of_old_and_new_outp
     err = capsys.readouterr().err
     assert status == 128 + signal.SIGTERM and "Traceback" not in err
     said = [line for line in err.splitlines() if line.startswith("INTERRUPTED: ")]
-    assert len(said) == 1 and "05_evaluation.ipynb was interrupted; the runs' results are kept; what it had written (submission.csv)" in said[0]
+    assert len(said) == 1 and "06_evaluation.ipynb was interrupted; the runs' results are kept; what it had written (submission.csv)" in said[0]
     assert "To go on: python -m lib.pipeline run-all data_dir=" in said[0] and "weights=none" in said[0]
     assert [name for name in EVALUATION_OUTPUTS if (reports / name).exists()] == []
     assert not (reports / "executed" / ".stamps" / f"{pipeline.EVALUATION_NOTEBOOK}.stamp").exists()
@@ -281,7 +281,7 @@ def test_a_failing_evaluation_leaves_no_mix_either(evaluated_workbook):
     settings, behaviour, reports = evaluated_workbook
 
     def failing():
-        raise pipeline.NotebookFailed("notebooks/05_evaluation.ipynb failed in cell 4: OSError: No space left on device")
+        raise pipeline.NotebookFailed("notebooks/06_evaluation.ipynb failed in cell 4: OSError: No space left on device")
 
     behaviour["evaluation"] = failing
     with pytest.raises(pipeline.NotebookFailed, match=r"No space left.*\nwhat it had written \(submission.csv\) is removed"):

@@ -49,7 +49,7 @@ def test_evaluation_writes_the_submission_and_scores(executed_workbook):
     assert lines[0] == "# Id,Values" and len(lines) == 25
     assert [line.split(",")[0] for line in lines[1:]] == [str(i) for i in range(1, 25)]
     assert all(line.split(",")[1] in ("0", "1") for line in lines[1:])
-    assert "Example prediction, 5 items from front : [" in _text_outputs(_executed(executed_workbook, "05_evaluation.ipynb"))
+    assert "Example prediction, 5 items from front : [" in _text_outputs(_executed(executed_workbook, "06_evaluation.ipynb"))
     evaluation = json.loads((executed_workbook / "reports" / "evaluation.json").read_text())
     assert evaluation["run"] == registry.final_run() and evaluation["metrics"]["n_test"] == 24
     assert evaluation["submission"]["form"] == "course" and evaluation["submission"]["rows"] == 24
@@ -59,7 +59,7 @@ def test_evaluation_writes_the_submission_and_scores(executed_workbook):
         metrics = scored["metrics"]
         assert scored["scored_on"] == "test" and metrics["n"] == 24 and sum(metrics["class_counts"]) == 24, run
         assert 0.5 <= metrics["majority_rate"] <= 1 and 0 <= metrics["balanced_accuracy"] <= 1, run
-    text = _text_outputs(_executed(executed_workbook, "05_evaluation.ipynb"))
+    text = _text_outputs(_executed(executed_workbook, "06_evaluation.ipynb"))
     assert all(f"{run}, best checkpoint" in text for run in registry.run_names()) and "majority-class rate" in text
 
 
@@ -103,5 +103,5 @@ def test_report_names_nothing_of_the_machine_and_describes_every_figure(executed
     assert "No description has been provided" not in html
     assert "Training and validation loss and accuracy per epoch of resnet50-10ep, 1 epoch (epoch 0)" in html
     with caplog.at_level(logging.WARNING):
-        render_html(executed_workbook / "reports" / "executed" / "06_report.ipynb", tmp_path / "report.html")
+        render_html(executed_workbook / "reports" / "executed" / "07_report.ipynb", tmp_path / "report.html")
     assert "Alternative text is missing" not in caplog.text

@@ -29,7 +29,7 @@ def chromium():
 def test_pdf_opens_with_every_section_and_figure(executed_workbook, chromium):
     from pypdf import PdfReader
 
-    pdf = render_pdf(executed_workbook / "reports" / "executed" / "06_report.ipynb", executed_workbook / "reports" / "report.pdf", chromium)
+    pdf = render_pdf(executed_workbook / "reports" / "executed" / "07_report.ipynb", executed_workbook / "reports" / "report.pdf", chromium)
     reader = PdfReader(pdf)
     text = " ".join(page.extract_text() for page in reader.pages)
     text = re.sub(r"\s+", " ", text)
@@ -73,7 +73,7 @@ def test_printed_text_outputs_may_break_and_figures_may_not(executed_workbook, c
 
 def test_without_chromium_the_message_says_how_to_get_the_pdf(executed_workbook, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("lib.report.render.find_chromium", lambda: None)
-    assert render_pdf(executed_workbook / "reports" / "executed" / "06_report.ipynb", tmp_path / "report.pdf") is None
+    assert render_pdf(executed_workbook / "reports" / "executed" / "07_report.ipynb", tmp_path / "report.pdf") is None
     out = capsys.readouterr().out
     assert "apt-get install chromium" in out and "playwright install chromium" in out
     assert not (tmp_path / "report.pdf").exists()

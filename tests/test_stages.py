@@ -196,7 +196,7 @@ def test_the_report_is_skipped_when_nothing_it_reads_changed(fake_workbook, monk
     pipeline.report(folders)
     pipeline.report(folders)
     assert executions.count((pipeline.REPORT_NOTEBOOK, None)) == 1 and rendered == ["report.html", "pdf"]
-    assert "=== 06_report.ipynb: unchanged since its last successful execution, skipped" in capsys.readouterr().out
+    assert "=== 07_report.ipynb: unchanged since its last successful execution, skipped" in capsys.readouterr().out
 
     report_notebook = root / "notebooks" / pipeline.REPORT_NOTEBOOK  # a sentence of the report's own: only the report executes
     cells = json.loads(report_notebook.read_text())

@@ -120,7 +120,11 @@ class HeldOut:
 
     scored_on: str  # "test", or the split it was scored on when there were no test labels
     best_epoch: int | None
-    metrics: dict
+    metrics: dict  # with "intervals": each score's 95 % bootstrap interval (lib/stats.py)
+    tta: dict | None = None  # the same scores of the mean over each tile's 8 flips and rotations, where asked
+    calibration: dict | None = None  # lib/stats.py calibration of its probabilities on these tiles
+    second: dict | None = None  # its scores on the second test set (another laboratory's stain), with intervals
+    second_tta: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,9 @@ def _held_out(run: str, evaluation: dict | None) -> HeldOut | None:
         scored = {k: evaluation.get(k) for k in ("scored_on", "best_epoch", "metrics")}
     if not scored or not scored.get("metrics"):
         return None
-    return HeldOut(scored_on=scored.get("scored_on") or "test", best_epoch=scored.get("best_epoch"), metrics=scored["metrics"])
+    second = scored.get("second") or {}
+    return HeldOut(scored_on=scored.get("scored_on") or "test", best_epoch=scored.get("best_epoch"), metrics=scored["metrics"],
+                   tta=scored.get("tta"), calibration=scored.get("calibration"), second=second.get("metrics"), second_tta=second.get("tta"))
 
 
 def _device(environment: dict) -> str:

@@ -65,17 +65,73 @@ def plot_runs_compared(facts: dict) -> "plt.Figure":
         x = np.arange(len(names))
         for k, (key, label) in enumerate((("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("roc_auc", "ROC-AUC"))):
             values = [scored[run].held_out.metrics.get(key) for run in names]
-            bars = ax.bar(x + (k - 1) * width, [v if v is not None else 0 for v in values], width, label=label, color=f"C{k + 4}")
+            bars = ax.bar(x + (k - 1) * width, [v if v is not None else 0 for v in values], width, label=label, color=f"C{k + 4}",
+                          yerr=_interval_errors([scored[run].held_out.metrics for run in names], key), capsize=2,
+                          error_kw={"elinewidth": 0.8, "ecolor": "0.25"})  # fmt: skip
             ax.bar_label(bars, labels=[f"{v:.2f}" if v is not None else "n/a" for v in values], fontsize=7, padding=1)
         for i, run in enumerate(names):
             ax.hlines(scored[run].held_out.metrics["majority_rate"], i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="--",
                       label="majority rate" if i == 0 else None)  # fmt: skip
         where = "test tiles" if all(f.held_out.scored_on == "test" for f in scored.values()) else "held-out tiles"
-        ax.set(title=f"best checkpoint on the {where}", xticks=x, ylim=(0, 1.3), yticks=np.arange(0, 1.01, 0.2))
+        ax.set(title=f"best checkpoint on the {where} (whiskers: 95 % intervals)", xticks=x, ylim=(0, 1.3), yticks=np.arange(0, 1.01, 0.2))
         ax.set_xticklabels(names, fontsize=8)
         ax.title.set_fontsize(10)
         ax.legend(fontsize=7, loc="upper center", ncols=4, frameon=False)
         ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def _interval_errors(metrics: list[dict], key: str) -> np.ndarray | None:
+    """(2, N) distances from each value down to its interval's low end and up to its high end, for
+    matplotlib's yerr; None when any of them carries no interval (an older evaluation)."""
+    errors = []
+    for m in metrics:
+        interval = (m.get("intervals") or {}).get(key) or {}
+        if m.get(key) is None or interval.get("low") is None or interval.get("high") is None:
+            return None
+        errors.append((m[key] - interval["low"], interval["high"] - m[key]))
+    return np.clip(np.array(errors).T, 0, None)
+
+
+def plot_two_labs(scores: dict[str, tuple[dict, dict | None]], same: str = "same laboratory", other: str = "other laboratory"):
+    """Per run, its best checkpoint's accuracy and ROC-AUC on the held-out tiles (`same`) and on the
+    second test set (`other`) as points with their 95 % intervals, one panel per score; a run's
+    drop between the two is the distance between its two points. `scores`: {run: (metrics on the
+    held-out tiles, metrics on the second set or None)}, lib/metrics.py score_predictions' dicts
+    with "intervals". Returns the figure."""
+    runs = list(scores)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 2.9))
+    y = np.arange(len(runs))[::-1]
+    for ax, (key, label) in zip(axes, (("accuracy", "accuracy"), ("roc_auc", "ROC-AUC"))):
+        for offset, which, name, style in ((0.12, 0, same, {"color": "tab:blue", "marker": "o"}),
+                                           (-0.12, 1, other, {"color": "tab:red", "marker": "s"})):  # fmt: skip
+            shown = [(yy, scores[run][which]) for yy, run in zip(y, runs) if scores[run][which] and scores[run][which].get(key) is not None]
+            if not shown:
+                continue
+            errors = _interval_errors([m for _, m in shown], key)
+            ax.errorbar([m[key] for _, m in shown], [yy + offset for yy, _ in shown], xerr=errors, linestyle="none", capsize=3,
+                        label=name, **style)  # fmt: skip
+        ax.set_yticks(y, runs, fontsize=8)
+        ax.set_xlim(0.4 if key == "roc_auc" else 0.3, 1.0)
+        ax.set_title(f"{label} (bars: 95 % intervals)", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_stain_draws(tile: torch.Tensor, draws: torch.Tensor, captions: list[str], title: str = ""):
+    """A tile (3, H, W) uint8 and its stain augmentation draws (N, 3, H, W) float in [0, 1], side by
+    side, each captioned (its draw's factors). Returns the figure."""
+    images = [tile.float().div(255)] + list(draws)
+    fig, axes = plt.subplots(1, len(images), figsize=(1.5 * len(images), 1.9))
+    for ax, image, caption in zip(axes, images, ["the tile", *captions]):
+        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(caption, fontsize=6)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 

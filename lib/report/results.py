@@ -17,7 +17,7 @@ import pandas as pd
 
 from lib import registry
 from lib.config import ORIGINAL_CROP
-from lib.metrics import scores_text
+from lib.metrics import interval_text, scores_text
 from lib.paths import resolve
 from lib.report.facts import RunFacts, all_run_facts
 from lib.training.run_folder import RunFolder, RunResult
@@ -29,11 +29,15 @@ NBSP = "\u00a0"  # a space a table cell does not break at ("3 min 30 s" on one l
 
 
 def _percent(value) -> str:
-    return f"{100 * value:.2f} %" if value is not None and registry.is_reported(value) else "not reported"
+    if value is None:
+        return "\u2014"  # nothing to report: a run the original did not make
+    return f"{100 * value:.2f} %" if registry.is_reported(value) else "not reported"
 
 
 def _duration(seconds) -> str:
-    if seconds is None or not registry.is_reported(seconds):
+    if seconds is None:
+        return "\u2014"
+    if not registry.is_reported(seconds):
         return "not reported"
     return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
@@ -62,7 +66,7 @@ def load_evaluation(reports_dir) -> dict:
     """reports_dir/evaluation.json; FileNotFoundError saying how to make it."""
     path = resolve(reports_dir) / "evaluation.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; execute notebooks/05_evaluation.ipynb (or `make run-all`) first")
+        raise FileNotFoundError(f"{path} does not exist; execute notebooks/06_evaluation.ipynb (or `make run-all`) first")
     return json.loads(path.read_text())
 
 
@@ -80,6 +84,8 @@ def comparison_table(facts: dict[str, RunFacts]) -> pd.DataFrame:
     rows = []
     for run, f in facts.items():
         reported = f.original
+        if beyond_original(f):  # nothing to set beside it: the original has no such run
+            reported = {"final_valid_accuracy": None, "best_valid_accuracy": None, "elapsed_s": None}
         rows.append({
             "run": run,
             "epochs": f"{f.full_epochs} / {f.epochs}",
@@ -253,31 +259,61 @@ def _same_tiles(scores: dict[str, dict]) -> str | None:
     return f"the {n0 + n1} test tiles ({n0} of class 0, {n1} of class 1)"
 
 
+def _with_interval(m: dict, key: str) -> str:
+    """A score with its 95 % interval in brackets: "82.03 % [78.71, 85.16]", "0.908 [0.882, 0.932]"."""
+    if m.get(key) is None:
+        return "undefined" if key == "roc_auc" else "\u2014"
+    if key == "roc_auc":
+        return f"{m[key]:.3f}{interval_text(m, key, 1, 3)}"
+    return f"{100 * m[key]:.2f} %{interval_text(m, key)}"
+
+
+def second_set_name(evaluation: dict) -> str | None:
+    """What the second test set is, in words, from evaluation.json ("the other laboratory's 512 test
+    tiles"), or None when the evaluation scored none."""
+    second = (evaluation or {}).get("second_test")
+    if not second:
+        return None
+    return str(second.get("scored_on") or "second test set")
+
+
 def runs_table(facts: dict[str, RunFacts], evaluation: dict) -> str:
     """The report's one table of every run, as Markdown: its validation accuracy (the original's
     metric) beside that split's majority rate, and its best checkpoint's accuracy, balanced accuracy
-    and ROC-AUC on the held-out tiles beside their majority-class rate, time and speed."""
+    and ROC-AUC on the held-out tiles, each with its 95 % interval, the majority-class rate of those
+    tiles, and, where a second test set was scored (another laboratory's stain), its accuracy and
+    ROC-AUC there with their intervals; time."""
     same = _same_tiles(_run_scores(evaluation))
+    second = second_set_name(evaluation)
     where = f"on {same}" if same else "on the tiles named in each row"
-    lines = [f"Every run's best checkpoint scored {where}:", "",
-             "| run | epochs | best valid acc (majority rate) | accuracy | balanced accuracy | ROC-AUC | majority rate | time | images/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    head = "| run | epochs | best valid acc (majority rate) | accuracy | balanced accuracy | ROC-AUC | majority rate |"
+    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+    if second:
+        head += " second set: accuracy | second set: ROC-AUC |"
+        rule += " --- | --- |"
+    lines = [f"Every run's best checkpoint scored {where}" + (f", and on the second test set ({second})" if second else "")
+             + "; in brackets, 95 % intervals:", "", head + " time |", rule + " --- |"]  # fmt: skip
     for run, f in facts.items():
         m = f.held_out.metrics if f.held_out else None
         valid = _percent(f.best_valid_accuracy) + (f" ({_percent(f.valid_majority_rate)})" if f.valid_majority_rate is not None else "")
         if m:
-            accuracy = _percent(m["accuracy"]) + (f" **{m['one_class']}**" if m["one_class"] else "")
+            accuracy = _with_interval(m, "accuracy") + (f" **{m['one_class']}**" if m["one_class"] else "")
             if not same:
                 where = "test" if f.held_out.scored_on == "test" else "validation split"
                 accuracy += f" ({where}, {m['n']} tiles: {m['class_counts'][0]} / {m['class_counts'][1]})"
-            cells = [accuracy, _percent(m["balanced_accuracy"]), _auc(m["roc_auc"]), _percent(m["majority_rate"])]
+            cells = [accuracy, _with_interval(m, "balanced_accuracy"), _with_interval(m, "roc_auc"), _percent(m["majority_rate"])]
         else:
             cells = ["not scored (no labels)", "", "", ""]
+        if second:
+            other = f.held_out.second if f.held_out else None
+            cells += [_with_interval(other, "accuracy"), _with_interval(other, "roc_auc")] if other else ["", ""]
         time = _duration(f.elapsed_s).replace(" ", NBSP)
-        lines.append(f"| {run} | {f.epochs} | {valid} | " + " | ".join(cells) + f" | {time} | {f.images_per_s:.1f} |")
+        lines.append(f"| {run} | {f.epochs} | {valid} | " + " | ".join(cells) + f" | {time} |")
+    method = next(((f.held_out.metrics.get("intervals") or {}).get("method") for f in facts.values() if f.held_out), None)
     lines += ["", "*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation split "
                   "(the history keeps it so). *Majority rate*: the accuracy of predicting the more frequent class for every one of the "
-                  "same tiles. *Balanced accuracy*: the mean of the two classes' recalls (0.5 for any one-class predictor)."]  # fmt: skip
+                  "same tiles. *Balanced accuracy*: the mean of the two classes' recalls (0.5 for any one-class predictor)."
+                  + (f" *Intervals*: {method}." if method else "")]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -294,10 +330,10 @@ def scores_table(evaluation: dict) -> pd.DataFrame:
             "run": run,
             "scored on": "test tiles" if scored["scored_on"] == "test" else scored["scored_on"],
             "tiles (class 0 / 1)": f"{m['n']} ({m['class_counts'][0]} / {m['class_counts'][1]})",
-            "accuracy": _percent(m["accuracy"]),
+            "accuracy [95 %]": _with_interval(m, "accuracy"),
             "majority rate": _percent(m["majority_rate"]),
-            "balanced accuracy": _percent(m["balanced_accuracy"]),
-            "ROC-AUC": _auc(m["roc_auc"]),
+            "balanced accuracy [95 %]": _with_interval(m, "balanced_accuracy"),
+            "ROC-AUC [95 %]": _with_interval(m, "roc_auc"),
             "predicted (0 / 1)": f"{m['predicted_counts'][0]} / {m['predicted_counts'][1]}",
             "note": m["one_class"],
         })  # fmt: skip
@@ -328,14 +364,21 @@ def given_over_registry(f: RunFacts) -> dict[str, tuple]:
     return f.given_over
 
 
-def _resnets(facts: dict[str, RunFacts]) -> list[str]:
-    return [run for run, f in facts.items() if f.model == "resnet50"]
+def beyond_original(f: RunFacts) -> bool:
+    """Whether a run goes beyond the original project (the registry's reported table says so): it
+    has no reported figures to compare with and no place in the original's story."""
+    return bool(f.original.get("beyond_original"))
+
+
+def _resnets(facts: dict[str, RunFacts], beyond: bool = True) -> list[str]:
+    """The ResNet50 runs in registry order; without the runs beyond the original unless `beyond`."""
+    return [run for run, f in facts.items() if f.model == "resnet50" and (beyond or not beyond_original(f))]
 
 
 def keeps_relation(facts: dict[str, RunFacts]) -> bool:
     """True when the ResNet50 runs' epochs still rise in registry order (the original's 10, 100, 150:
     the shortest; longer; the longest), which the quick story and the deviations rely on."""
-    epochs = [facts[run].epochs for run in _resnets(facts)]
+    epochs = [facts[run].epochs for run in _resnets(facts, beyond=False)]
     return all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
@@ -348,7 +391,7 @@ def quick_story(facts: dict[str, RunFacts], evaluation: dict) -> str:
     def auc(run):
         return facts[run].held_out.metrics.get("roc_auc") if run in facts and facts[run].held_out else None
 
-    final, resnets = registry.final_run(), _resnets(facts)
+    final, resnets = registry.final_run(), _resnets(facts, beyond=False)
     scratch = any(not facts[run].weights.pretrained for run in resnets)
     shown = []
     baseline = next((run for run, f in facts.items() if f.model == "baseline"), None)
@@ -472,6 +515,11 @@ def deviations(facts: dict[str, RunFacts], evaluation: dict | None = None) -> st
     items.append("- **Scores:** the history keeps the original's validation metric (the mean of batch accuracies, over full "
                  "batches only); the workbook adds, for every run's best checkpoint rather than the final run's alone, test "
                  "accuracy, balanced accuracy and ROC-AUC, each beside the majority-class rate of the same tiles.")  # fmt: skip
+    beyond = [run for run, f in facts.items() if beyond_original(f)]
+    if beyond:
+        items.append(f"- **Beyond the original:** {names(beyond)} (stain colour augmentation) and the second test set "
+                     f"({second_set_name(evaluation or {}) or 'none scored'}) are this workbook's additions; so are the 95 % intervals "
+                     "on every score and the paired comparisons of runs on the same tiles.")  # fmt: skip
     submission = (evaluation or {}).get("submission")
     if submission and submission["form"] != "course":
         items.append(f"- **Submission:** written in {submission['why']}, not the original's `# Id,Values` with hard labels.")
@@ -613,3 +661,138 @@ def tiles_alt(chosen: pd.DataFrame) -> str:
     wrong = int(chosen["wrong"].sum())
     return (f"A grid of {len(chosen)} test tiles, each captioned with its id, predicted label and (where known) true label; "
             f"{wrong} wrongly classified ones come first, framed and captioned in red.")
+
+
+# --- Comparisons on the same tiles: a difference is called one only when its interval excludes 0 ---
+
+
+def _signed(value: float, scale: float, digits: int) -> str:
+    return f"{scale * value:+.{digits}f}".replace("-", "\u2212")
+
+
+def _tiles_named(c: dict, evaluation: dict | None = None) -> str:
+    if c["on"] == "second":
+        second = (evaluation or {}).get("second_test") or {}
+        return f"the {c['n']} tiles of the {second.get('scored_on') or 'second test set'}"
+    return f"the same {c['n']} held-out tiles"
+
+
+def comparison_sentence(c: dict, evaluation: dict | None = None) -> str:
+    """One pair of runs compared on the same tiles (lib/report/evaluate.py compare_evaluations' item),
+    later minus earlier, as a sentence: the accuracy difference in points with its paired 95 %
+    interval and McNemar's exact p (the tiles only one of them got right), the ROC-AUC difference with
+    its paired interval, each called a difference only when its interval excludes 0 (and, for
+    accuracy, McNemar's p is below 0.05), and otherwise said not to be told apart on these tiles."""
+    a, b, acc, auc = c["a"], c["b"], c["accuracy"], c.get("roc_auc")
+    mc = acc.get("mcnemar", {})
+    acc_text = (f"accuracy {_signed(acc['value'], 100, 2)} points [{_signed(acc['low'], 100, 2)}, {_signed(acc['high'], 100, 2)}], "
+                f"McNemar's exact p = {mc.get('p_value', float('nan')):.3g} ({mc.get('b', 0)} tiles right with {a} only, "
+                f"{mc.get('c', 0)} with {b} only)")  # fmt: skip
+    acc_verdict = (f"{b} is {'more' if acc['value'] > 0 else 'less'} accurate" if acc.get("told_apart")
+                   else "their accuracies are not told apart on these tiles")  # fmt: skip
+    text = f"**{b} against {a}** on {_tiles_named(c, evaluation)}: {acc_text}: {acc_verdict}"
+    if auc and auc.get("value") is not None:
+        auc_verdict = (f"{b} ranks the tiles {'better' if auc['value'] > 0 else 'worse'}" if auc.get("told_apart")
+                       else "not told apart")  # fmt: skip
+        text += (f"; ROC-AUC {_signed(auc['value'], 1, 3)} [{_signed(auc['low'], 1, 3)}, {_signed(auc['high'], 1, 3)}]: "
+                 f"{auc_verdict}")
+    return text + "."
+
+
+def comparison_lines(comparisons: list[dict], evaluation: dict | None = None) -> list[str]:
+    """comparison_sentence of every compared pair, the held-out tiles' first, then the second test
+    set's; with the methods said once at the end. [] without comparisons."""
+    if not comparisons:
+        return []
+    ordered = [c for c in comparisons if c["on"] == "test"] + [c for c in comparisons if c["on"] != "test"]
+    lines = [comparison_sentence(c, evaluation) for c in ordered]
+    methods = sorted({c["accuracy"].get("method", "") for c in comparisons} | {(c.get("roc_auc") or {}).get("method", "") for c in comparisons})
+    methods = [m for m in methods if m]
+    if methods:
+        lines.append("*Differences are later minus earlier run, in brackets their paired 95 % intervals: " + "; ".join(methods) + ".*")
+    return lines
+
+
+# --- Another laboratory's stain, calibration, test-time augmentation ---------------------------------
+
+
+def two_labs_scores(facts: dict[str, RunFacts]) -> dict[str, tuple[dict, dict | None]]:
+    """{run: (its scores on the held-out tiles, on the second test set or None)} of the scored runs,
+    for figures.plot_two_labs."""
+    return {run: (f.held_out.metrics, f.held_out.second) for run, f in facts.items() if f.held_out}
+
+
+def _comparison(evaluation: dict, a: str, b: str, on: str) -> dict | None:
+    return next((c for c in evaluation.get("comparisons") or [] if c["a"] == a and c["b"] == b and c["on"] == on), None)
+
+
+def two_labs_text(facts: dict[str, RunFacts], evaluation: dict) -> str:
+    """What another laboratory's stain does to every run, as Markdown: each run's ROC-AUC on the
+    held-out tiles and on the second set, then, for each run beyond the original, its second-set
+    ROC-AUC against the final run's with the paired interval, called a gain only when it excludes 0."""
+    second = second_set_name(evaluation)
+    if not second:
+        return ("No second test set was scored (`SECOND_TEST=` names one in any supported layout; the generated data brings "
+                "another laboratory's).")  # fmt: skip
+    drops = []
+    for run, (same, other) in two_labs_scores(facts).items():
+        if other and same.get("roc_auc") is not None and other.get("roc_auc") is not None:
+            drops.append(f"{run} {same['roc_auc']:.3f} \u2192 {other['roc_auc']:.3f}")
+    lines = [f"ROC-AUC on the held-out tiles \u2192 on the {second}: " + "; ".join(drops) + "." if drops else ""]
+    final = registry.final_run()
+    for run, f in facts.items():
+        if not beyond_original(f) or run == final:
+            continue
+        for on, words in (("second", f"the {second}"), ("test", "the held-out tiles")):
+            c = _comparison(evaluation, final, run, on)
+            if c:
+                lines.append(f"On {words}, " + comparison_sentence(c, evaluation))
+    return "\n\n".join(line for line in lines if line)
+
+
+def two_labs_alt(facts: dict[str, RunFacts], evaluation: dict) -> str:
+    scores = two_labs_scores(facts)
+    return (f"Accuracy and ROC-AUC of {names(list(scores))}, each as two points with 95 % interval bars: on the held-out tiles "
+            f"(blue circles) and on the {second_set_name(evaluation) or 'second test set'} (red squares).")  # fmt: skip
+
+
+def differences_text(evaluation: dict) -> str:
+    """Every pair of runs compared on the same tiles (comparison_lines), as Markdown paragraphs;
+    test-time augmentation's comparisons are left to tta_text."""
+    from lib.report.evaluate import TTA_SUFFIX
+
+    pairs = [c for c in evaluation.get("comparisons") or [] if not c["b"].endswith(TTA_SUFFIX)]
+    if not pairs:
+        return "No runs were compared on the same labelled tiles (the evaluation found no labels to score them on)."
+    return "\n\n".join(comparison_lines(pairs, evaluation))
+
+
+def calibration_text(f: RunFacts) -> str:
+    """The final run's calibration in a sentence: its expected calibration error over the bins, and
+    the largest gap, with what they mean."""
+    c = f.held_out.calibration if f.held_out else None
+    if not c:
+        return f"{f.run}'s calibration was not measured (no labelled held-out tiles)."
+    return (f"**Calibration of {f.run}** on the held-out tiles: expected calibration error {c['ece']:.3f} over {c['n_bins']} equal bins of "
+            f"the predicted probability of class 1 (the bin-weighted mean gap between the predicted probability and how often the "
+            f"tiles were of class 1; 0 for a perfectly calibrated model), largest gap in a bin {c['mce']:.3f}. {c.get('method', '')}").strip()
+
+
+def tta_text(evaluation: dict) -> str:
+    """Test-time augmentation against the plain prediction, for each run it was asked for, as
+    Markdown (comparison_sentence: paired intervals and McNemar's test); "" when none was."""
+    from lib.report.evaluate import TTA_SUFFIX
+
+    pairs = [c for c in evaluation.get("comparisons") or [] if c["b"].endswith(TTA_SUFFIX)]
+    if not pairs:
+        return ""
+    return ("**Test-time augmentation** (the mean probability over each tile's 8 flips and right-angle rotations) against the plain "
+            "prediction:\n\n" + "\n\n".join(comparison_lines(pairs, evaluation)))  # fmt: skip
+
+
+def calibration_alt(f: RunFacts) -> str:
+    c = f.held_out.calibration if f.held_out else None
+    if not c:
+        return ""
+    return (f"Reliability diagram of {f.run}: for each of {c['n_bins']} bins of the predicted probability of class 1, the fraction of "
+            f"tiles that were of class 1, against the diagonal of perfect calibration; expected calibration error {c['ece']:.3f}.")
