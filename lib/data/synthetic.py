@@ -432,8 +432,11 @@ class OtherLabSpec:
 
 
 def _other_lab_record(spec: OtherLabSpec) -> dict:
-    """The DATASET.json record of an other-lab set, as JSON reads it back (tuples as lists)."""
-    return json.loads(json.dumps(asdict(spec) | {"stain_rule": spec.staining.rule}))
+    """The DATASET.json record of an other-lab set, as JSON reads it back (tuples as lists): the
+    spec, the staining's numbers, and its rule in words as "stain_rule"."""
+    record = json.loads(json.dumps(asdict(spec)))
+    record["stain_rule"] = record["staining"].pop("rule")
+    return record
 
 
 def generate_other_lab(data_dir: str | Path, spec: OtherLabSpec = OtherLabSpec(), workers: int | None = None) -> Path:
