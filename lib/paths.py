@@ -7,6 +7,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REGISTRY_FILE = PROJECT_ROOT / "registry.toml"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / "synthetic"
+# The default set's second test set: new tissue stained as another laboratory stains (lib/data/synthetic.py).
+DEFAULT_OTHER_LAB_DIR = PROJECT_ROOT / "data" / "synthetic-other-lab"
 # Decoded uint8 tiles, one .npy per data set and tile size; HISTO_TILE_CACHE moves it (the tests do).
 TILE_CACHE_DIR = Path(os.environ.get("HISTO_TILE_CACHE", PROJECT_ROOT / "data" / "cache"))
 RUNS_DIR = PROJECT_ROOT / "runs"

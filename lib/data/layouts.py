@@ -41,7 +41,8 @@ LAYOUTS = {
                "(N, H, W, 3) uint8, y is (N, 1, 1, 1)); optionally _valid_ (its validation split, used as given), _test_ "
                "(test tiles; _test_y.h5 only scores them) and _meta.csv (a wsi column names each tile's slide)",
     "course": "train/<id>.jpg (or train.zip) with train_label.csv: a header row, then id,label rows read "
-              "by position (id = file stem, label 0 or 1); optionally test/<id>.jpg (or test.zip)",
+              "by position (id = file stem, label 0 or 1); optionally test/<id>.jpg (or test.zip). Or test/ with "
+              "test_label.csv alone, no train/: a labelled test set to score a trained run on, nothing to train on",
     "pcam": "train/<id>.tif with train_labels.csv (id,label), the PatchCamelyon/Kaggle form; optionally test/<id>.tif",
     "csv": "one CSV file whose header names path,label and optionally group (paths relative to the CSV's "
            "folder); give the file itself as data_dir when the folder holds several",
@@ -318,6 +319,33 @@ def _read_position_layout(data_dir: Path, layout: str, label_name: str) -> TileI
         test_labels=test_labels, origin=_origin(data_dir),
         label_rule=f"labels from {label_name} by position (first column the file stem, second 0/1; {how})", ignored=ignored,
     )  # fmt: skip
+
+
+def _read_test_only(data_dir: Path) -> TileIndex:
+    """The course layout's test part alone (test/ or test.zip with test_label.csv, no train/): a
+    labelled test set, such as the default set's second test set of another laboratory's staining.
+    No labelled tiles to train on; every test tile must be labelled, or there is nothing to score."""
+    ignored: list[str] = []
+    images = _images_in_folder_or_zip(data_dir, "test", ignored) or {}
+    label_file = data_dir / "test_label.csv"
+    where = "test/" if (data_dir / "test").is_dir() else "test.zip"
+    rows, how = _read_id_label_rows(label_file)
+    labels = dict(zip((tile_id for _, tile_id, _ in rows), _check_labels(label_file, rows, images, where)))
+    ids = sorted(images, key=_natural_key)
+    return TileIndex(
+        data_dir=data_dir, layout="course", train_paths=[], train_labels=np.zeros(0, dtype=np.int64), train_groups=None,
+        test_ids=ids, test_paths=[images[i] for i in ids], test_labels=np.array([labels[i] for i in ids], dtype=np.int64),
+        origin=_origin(data_dir), ignored=ignored,
+        label_rule=f"a test set only (no train/): test labels from test_label.csv by position (first column the file stem, "
+                   f"second 0/1; {how}); nothing to train on",
+    )  # fmt: skip
+
+
+def _is_test_only(data_dir: Path, folders: list[Path]) -> bool:
+    """Whether `data_dir` holds the course layout's test part and nothing else that could be tiles:
+    test_label.csv, test/ (or test.zip), no train/, no other folders and no images beside them."""
+    has_test = (data_dir / "test").is_dir() or (data_dir / "test.zip").is_file()
+    return has_test and (data_dir / "test_label.csv").is_file() and not folders and not _holds_images(data_dir)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -759,6 +787,8 @@ def _read_layout(data_dir: Path, positive_class: str, class_map: str, group_leve
             index = _read_position_layout(data_dir, "course", "train_label.csv")
         elif has_train and (data_dir / "train_labels.csv").is_file():
             index = _read_position_layout(data_dir, "pcam", "train_labels.csv")
+        elif not has_train and _is_test_only(data_dir, folders):
+            index = _read_test_only(data_dir)
         elif len(csv_files) == 1:
             index = _read_csv_layout(csv_files[0])
         elif len(csv_files) > 1:

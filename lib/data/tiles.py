@@ -75,13 +75,21 @@ def drawn_rows(n_tiles: int, seed: int, subset: int) -> np.ndarray:
     return np.sort(_seeded_order(n_tiles, seed, subset))
 
 
+def _require_labelled(index: TileIndex) -> None:
+    """A test set alone (the course layout's test part) has nothing to train on: said by name."""
+    if not index.train_paths:
+        raise LayoutError(f"{index.data_dir} holds test tiles only ({len(index.test_paths)}, {index.label_rule}); train on a data set "
+                          "with labelled tiles, then score a trained run on these with predict_test_tiles(run_dir, data_dir=...)")  # fmt: skip
+
+
 def resolve_sizes(config: RunConfig, index: TileIndex) -> tuple[RunConfig, str]:
     """The run's config with its tile and crop sizes as it will use them, and why the tile size, in
     words. Done once, before training: what the run records in config.json, resumes with and is
     evaluated at. tile_size 0 becomes the size of the tiles the run draws (choose_tile_size: file
     headers only, remembered in the cache), or the baseline CNN's fixed 256; crop_size 0 follows the
     tile when augmenting (crop_for). A config already resolved comes back equal.
-    Raises ValueError (crop_for) for a crop larger than the tile."""
+    Raises ValueError (crop_for) for a crop larger than the tile, LayoutError for a test set alone."""
+    _require_labelled(index)
     model_input = BASELINE_TILE if config.model == "baseline" else None
     cache = TileCache(index.train_paths, config.cache_dir or None, config.input_pipeline == "tensor", config.multi_page, config.non_square)
     size, why = choose_tile_size(cache, drawn_rows(len(index.train_paths), config.seed, config.subset), config.tile_size, model_input)
@@ -100,8 +108,9 @@ def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool
     decoded once into the cache (or read from it) and returned over it, not copied; with
     keep_tiles=False only checked, for the original input path (tiles is then None). Tiles that are
     not square are centre-cropped or padded to square as `non_square` says, never squashed.
-    Raises BadImagesError (unreadable files, unless skip_bad_images), LayoutError (one class left),
+    Raises BadImagesError (unreadable files, unless skip_bad_images), LayoutError (one class left, or a test set alone),
     ValueError (no room for the cache)."""
+    _require_labelled(index)
     n = len(index.train_paths)
     drawn = drawn_rows(n, seed, subset)
     notes = []
