@@ -1,4 +1,4 @@
-"""Every figure the notebooks and the report show: curves, filters, confusion matrix, ROC."""
+"""Every figure the notebooks and the report show: curves, filters, confusion matrix, ROC, reliability."""
 
 from __future__ import annotations
 
@@ -294,5 +294,32 @@ def plot_grad_cam(tiles: torch.Tensor, cams: torch.Tensor, captions: list[str], 
         axes[0, k].axis("off"), axes[1, k].axis("off")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(calib: dict, title: str = ""):
+    """The reliability diagram (Niculescu-Mizil & Caruana 2005) of lib.stats.calibration's dict: for
+    each bin with tiles, the observed fraction of class 1 as a bar over the bin and a point at the
+    bin's mean predicted probability, the diagonal of perfect calibration dashed, ECE and MCE under
+    the title; below, the tiles per bin, so that a bar resting on a handful of tiles shows as such.
+    Returns the figure."""
+    bins = calib["bins"]
+    filled = [b for b in bins if b["count"]]
+    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(4.2, 4.6), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    ax.bar([b["lower"] for b in filled], [b["observed"] for b in filled], [b["upper"] - b["lower"] for b in filled],
+           align="edge", color="tab:blue", alpha=0.3, edgecolor="tab:blue", label="per bin")  # fmt: skip
+    ax.plot([b["mean_predicted"] for b in filled], [b["observed"] for b in filled], "o", color="tab:blue", markersize=4,
+            label="at its mean prediction")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="observed fraction of class 1")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    heading = title or f"Reliability, {calib['n']:,} tiles in {calib['n_bins']} bins"
+    ax.set_title(f"{heading}\nECE {calib['ece']:.3f}, MCE {calib['mce']:.3f}", fontsize=10)
+    counts_ax.bar([b["lower"] for b in bins], [b["count"] for b in bins], [b["upper"] - b["lower"] for b in bins], align="edge",
+                  color="grey", edgecolor="white")  # fmt: skip
+    counts_ax.set(xlabel="predicted probability of class 1 (cancer)", ylabel="tiles")
+    counts_ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=3))
     fig.tight_layout()
     return fig
