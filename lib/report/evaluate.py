@@ -83,9 +83,10 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
 
     index = read_run_layout(config)
     cache_dir = config.cache_dir or None
+    stain = folder.stain_target()  # the run's own stain target (None without stain_normalize): test tiles normalised to it
     if index.test_paths and which == "auto":
         tiles, _, _ = decode_tiles(index.test_paths, config.tile_size, desc="decoding test tiles", cache_dir=cache_dir, multi_page=config.multi_page,
-                                   non_square=config.non_square)  # fmt: skip
+                                   non_square=config.non_square, stain=stain, device=torch_device)  # fmt: skip
         ids, labels, scored_on = index.test_ids, index.test_labels, "test"
     else:
         # Class-folder and CSV data sets carry no test set: the run's own validation tiles, as its
@@ -97,7 +98,7 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
             raise FileNotFoundError(f"{folder.split_file} lists validation tiles that {index.data_dir} no longer holds: "
                                     f"{', '.join(missing[:5])} ({len(missing)} in all); train the run again on this data set")  # fmt: skip
         tiles, _, _ = decode_tiles([by_name[name][0] for name in ids], config.tile_size, desc="decoding validation tiles", cache_dir=cache_dir,
-                                  multi_page=config.multi_page, non_square=config.non_square)  # fmt: skip
+                                  multi_page=config.multi_page, non_square=config.non_square, stain=stain, device=torch_device)  # fmt: skip
         labels = np.array([by_name[name][1] for name in ids], dtype=np.int64)
         why = f"the {index.layout} layout has no test set" if not index.test_paths else "the test tiles' labels are unknown"
         scored_on = (f"validation split of {folder.name} ({len(ids)} tiles): {why}. "
