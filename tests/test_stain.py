@@ -219,6 +219,14 @@ def test_background_tiles_are_kept_as_decoded_and_counted(method):
         stain.fit_stain_target(method, glass, "glass")
 
 
+@pytest.mark.parametrize("method", ["macenko", "reinhard"])
+def test_normalisation_runs_on_the_tiles_device(method):
+    tiles = synthetic_tiles(2, size=32)
+    target = stain.fit_stain_target(method, tiles, "two tiles")
+    out, normalized = stain.normalize_stain(tiles.to("meta"), target)  # no step falls back to the CPU
+    assert out.device.type == normalized.device.type == "meta" and out.dtype == torch.uint8
+
+
 def test_a_stain_target_is_written_and_read_whole_and_its_digest_follows_its_values():
     target = stain.fit_macenko(synthetic_tiles(3, size=32), "three tiles")
     again = stain.StainTarget.from_json(target.to_json())
@@ -362,7 +370,8 @@ def test_a_missing_stain_reference_is_named_before_training(small_data, tmp_path
 
     missing = tmp_path / "no-such-reference.png"
     config = run_config("resnet50-10ep", profile="quick", data_dir=str(small_data), runs_dir=str(tmp_path / "runs"), model="small",
-                        epochs=1, batch_size=8, device="cpu", stain_normalize="reinhard", stain_reference=str(missing))  # fmt: skip
+                        epochs=1, batch_size=8, device="cpu", stain_normalize="reinhard", stain_reference=str(missing),
+                        cache_dir=str(tmp_path / "cache"))  # fmt: skip
     with pytest.raises(FileNotFoundError, match=r"parameter stain_reference=.*no-such-reference\.png"):
         fit(config)
-    assert not (tmp_path / "runs" / "resnet50-10ep" / "config.json").exists()
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs" / "resnet50-10ep" / "config.json").exists()

@@ -463,6 +463,8 @@ def fit(config: RunConfig) -> RunResult:
     # One writer per run folder, from before anything is read to its result: a second fit of this run,
     # or a pipeline on this runs_dir, is refused at once by name (lib/writer_lock.py).
     with folder.writer():
+        if config.stain_reference:
+            read_stain_reference(config.stain_reference)  # a missing or unreadable reference, named before anything is read
         # Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
         # that every stage, config.json, resume and the evaluation see the one config the run trains with.
         index = read_run_layout(config)
@@ -474,8 +476,6 @@ def fit(config: RunConfig) -> RunResult:
                   f"its results in {folder.path} are kept")  # fmt: skip
             return finished
         resumed = _resume_state(config, folder)  # before the data is read: a refusal costs nothing
-        if config.stain_reference:
-            read_stain_reference(config.stain_reference)  # a missing or unreadable reference, named before minutes of decoding
         data = load_run_data(config, index, device, size_note)
         print(class_balance_line(class_balance(data, config.batch_size)))
         training = build_training(config, device)
