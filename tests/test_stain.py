@@ -324,6 +324,20 @@ def test_the_training_fingerprint_follows_the_stain_parameters():
     assert {k for k in plain if plain[k] != coloured[k]} == {"hed_scale", "hed_shift", "stain_normalize"}
 
 
+def test_make_names_a_bad_stain_reference_before_any_run_and_a_changed_one_retrains(tmp_path):
+    from lib.pipeline import preflight, training_parameters
+
+    reference = _tile_files(tmp_path / "ref", synthetic_tiles(1, size=32))[0]
+    config = run_config("baseline", profile="quick", device="cpu", stain_normalize="macenko", stain_reference=str(reference))
+    preflight([config])
+    before = training_parameters(config, None)
+    Image.fromarray(synthetic_tiles(1, size=40, seed=8)[0].permute(1, 2, 0).numpy()).save(reference)
+    assert training_parameters(config, None) != before
+    reference.unlink()
+    with pytest.raises(FileNotFoundError, match="parameter stain_reference="):
+        preflight([config])
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
     """40 labelled and 8 test tiles of 48x48 in the course layout."""
