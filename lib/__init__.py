@@ -12,7 +12,7 @@ A map, by part; arrows point down (a part imports only those below it):
     training/    loop.py        train_one_epoch, evaluate, fit in stages; run_folder.py runs/<run>/;
                                 speed.py device and precision settings; environment.py the machine
     models       models.py      the baseline CNN, ResNet50, the small CNN; weights.py pretrained files
-    data/        layouts, decode, cache, tiles, splits, batches, augment, synthetic (one module per job)
+    data/        layouts, decode, cache, tiles, splits, batches, augment, stain, synthetic (one module per job)
     stats.py     intervals on those scores (bootstrap, by tile or by group), paired comparisons of two
                  runs (McNemar, DeLong), calibration (reliability bins, ECE)
     metrics.py   scores that training and evaluation share (class counts, majority rate, accuracy, ...)

@@ -26,6 +26,7 @@ INPUT_PIPELINES = ("tensor", "original")
 PRECISIONS = ("auto", "fp32", "bf16")
 MULTI_PAGES = ("refuse", "first", "largest")  # what to do with a file holding several images (multi-page TIFF, animated GIF)
 NON_SQUARES = ("crop", "pad")  # how a tile that is not square becomes square before resizing; never squashed
+STAIN_NORMALIZERS = ("none", "macenko", "reinhard")  # lib/data/stain.py
 
 
 def original_crop(tile_size: int) -> int:
@@ -65,6 +66,13 @@ class RunConfig:
     scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
     augment: bool  # the original's rotation, flips and random crop on training tiles
     crop_size: int = 0  # pixels, the random crop when augmenting; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256 (the baseline: no crop)
+    # Stain colour (lib/data/stain.py). HED augmentation as Tellez et al. 2018 (IEEE TMI) and 2019 (MedIA): alpha ~ U[1-s, 1+s]
+    # scales and beta ~ U[-s, s] shifts each stain channel, in scikit-image's rgb2hed units. Their 2019 comparison names
+    # HED-light (s 0.05) and HED-strong (s 0.2), the same s for scale and shift (as we read the papers; check them before quoting).
+    hed_scale: float = 0.0  # HED colour augmentation of training batches: each image's haematoxylin, eosin and DAB channels scaled by its own draw in [1 - hed_scale, 1 + hed_scale]; 0: off (HED-light 0.05, HED-strong 0.2; below 1)
+    hed_shift: float = 0.0  # HED colour augmentation of training batches: each stain channel shifted by a draw in [-hed_shift, hed_shift], scikit-image's stain units; 0: off (HED-light 0.05, HED-strong 0.2; below 1)
+    stain_normalize: str = "none"  # "none", "macenko" (Macenko et al. 2009) or "reinhard" (Reinhard et al. 2001, in CIELAB): every tile's stain brought to one target once, when decoded, and cached apart from raw tiles; the evaluation brings the test tiles to the same target (runs/<run>/stain_target.json)
+    stain_reference: str = ""  # an image file whose stain the tiles are normalised to (relative: from the project root); empty: a target fitted on up to 256 of the run's training tiles (seeded), never on validation or test tiles
     seed: int = 0  # every random draw (split, order, augmentation, initial weights) follows it
     # The network
     model: str  # "baseline" or "resnet50" (the original's), or "small" (a fast CNN for quick checks)
@@ -226,8 +234,9 @@ def run_config(run: str, profile: str | None = "auto", **user) -> RunConfig:
     values.update(run=run, profile=chosen, profile_reason=reason)
     values["data_dir"] = str(resolve(values.get("data_dir", DEFAULT_DATA_DIR)))
     values["runs_dir"] = str(resolve(values.get("runs_dir", RUNS_DIR)))
-    if values.get("cache_dir", None) not in (None, ""):
-        values["cache_dir"] = str(resolve(values["cache_dir"]))
+    for name in ("cache_dir", "stain_reference"):
+        if values.get(name, None) not in (None, ""):
+            values[name] = str(resolve(values[name]))
     config = RunConfig(**values)
     _validate(config)
     return config
@@ -288,7 +297,7 @@ def write_parameters_cells(notebooks) -> list[Path]:
 def _validate(config: RunConfig) -> None:
     for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS),
                           ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS), ("multi_page", MULTI_PAGES),
-                          ("non_square", NON_SQUARES)):
+                          ("non_square", NON_SQUARES), ("stain_normalize", STAIN_NORMALIZERS)):
         if getattr(config, name) not in allowed:
             raise ValueError(f"parameter {name}={getattr(config, name)!r} is not one of {', '.join(allowed)}")
     for name in ("epochs", "batch_size"):
@@ -326,6 +335,18 @@ def _validate(config: RunConfig) -> None:
     if config.fresh and config.resume:
         raise ValueError("parameters fresh=True and resume=True contradict each other: fresh discards what the run folder holds, "
                          "resume continues it; set one of them")  # fmt: skip
+    for name in ("hed_scale", "hed_shift"):
+        value = getattr(config, name)
+        if not 0 <= value < 1:
+            raise ValueError(f"parameter {name}={value} must lie in [0, 1): 0 turns HED colour augmentation off, Tellez et al.'s "
+                             "HED-light is 0.05 and HED-strong 0.2")  # fmt: skip
+    if config.stain_reference and config.stain_normalize == "none":
+        raise ValueError(f"parameter stain_reference={config.stain_reference!r} is given, but stain_normalize='none' normalises "
+                         "nothing: set stain_normalize to 'macenko' or 'reinhard', or leave stain_reference empty")  # fmt: skip
+    if config.stain_normalize != "none" and config.input_pipeline == "original":
+        raise ValueError(f"parameter stain_normalize={config.stain_normalize!r} needs input_pipeline='tensor': tiles are normalised "
+                         "once, when decoded into the cache, and the 'original' input path decodes every file again each epoch; "
+                         "set input_pipeline='tensor', or stain_normalize='none'")  # fmt: skip
     if config.checkpoint_every_s < 0:
         raise ValueError(f"parameter checkpoint_every_s={config.checkpoint_every_s} must be 0 (every epoch) or more seconds")
 

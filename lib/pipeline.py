@@ -330,10 +330,14 @@ def training_parameters(config, weights_file: list | None) -> dict:
     where the run and the decoded tiles live and how often it saves, not what it computes; with `data_dir`
     relative to the project when it lies inside it (a checkout moved with its data trains nothing again);
     and less the weights fields for a network that takes no pretrained weights (a weights file given to
-    the ResNet50 runs does not retrain the baseline)."""
+    the ResNet50 runs does not retrain the baseline); with the stain_reference image's size and time
+    when one is given (an image changed in place retrains)."""
     ignored = {"profile_reason", "resume", "fresh", "runs_dir", "cache_dir", "checkpoint_every_s"}
     ignored |= set(PRETRAINED_FIELDS) if config.model != "resnet50" else set()
     parameters = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    if config.stain_reference:  # the reference image's content shapes the tiles: a changed file retrains
+        reference = Path(config.stain_reference)
+        parameters["stain_reference file"] = [reference.stat().st_size, reference.stat().st_mtime_ns] if reference.is_file() else "absent"
     return parameters | {"data_dir": _shown(Path(config.data_dir)), "weights file": weights_file}
 
 
@@ -610,9 +614,11 @@ def _selected_runs(options: dict) -> list[str]:
 
 def preflight(configs) -> dict[str, list | None]:
     """What can fail inside a notebook, checked for every run before the first one starts, so that a
-    typo does not cost the runs before it: the device, and each ResNet50 run's weights (the file
-    read and checked as the run will read it). Returns, per run, the weights file's identity
-    (path, size, time) for the run's fingerprint: a file that appears or changes reruns the run."""
+    typo does not cost the runs before it: the device, each run's stain_reference image (read as the
+    run will read it), and each ResNet50 run's weights (the file read and checked as the run will read
+    it). Returns, per run, the weights file's identity (path, size, time) for the run's fingerprint: a
+    file that appears or changes reruns the run."""
+    from lib.data import read_stain_reference
     from lib.models import build_resnet50
     from lib.training.speed import resolve_device
     from lib.weights import imagenet_cache_file
@@ -620,6 +626,8 @@ def preflight(configs) -> dict[str, list | None]:
     identities, checked = {}, set()
     for config in configs:
         resolve_device(config.device)
+        if config.stain_reference:
+            read_stain_reference(config.stain_reference)  # raises, naming the file and the parameter
         identities[config.run] = None
         if config.model != "resnet50" or config.weights == "none":
             continue

@@ -7,6 +7,7 @@
     splits      training and validation tiles: seeded, grouped, or the data set's own
     batches     batches cut from the cache and augmented on the device, or the original's file loader
     augment     per-image rotation, flips and crop on the device in one grid_sample
+    stain       HED colour augmentation of batches on the device; Macenko and Reinhard stain normalisation at decode time
     synthetic   the embedded default data set, rendered from a seed (imported by name: lib.data.synthetic)
 
 The names below are the data part's API; the rest of lib imports them from `lib.data`.
@@ -19,12 +20,15 @@ from lib.data.decode import (TILE_SIZE, BadImagesError, DecodeRecord, MultiPageE
                              square_tile)
 from lib.data.layouts import LAYOUTS, H5Tile, LayoutError, TileIndex, TileSource, read_layout
 from lib.data.splits import Split, given_split, grouped_split, seeded_split
-from lib.data.tiles import TileSet, choose_tile_size, crop_for, drawn_rows, load_tile_set, make_split, read_run_layout, resolve_sizes
+from lib.data.stain import StainTarget, hed_augment, read_stain_reference, run_stain_target
+from lib.data.tiles import (TileSet, choose_tile_size, crop_for, drawn_rows, load_tile_set, make_split, normalize_tile_set, read_run_layout,
+                            resolve_sizes)
 
 __all__ = [
     "BadImagesError", "DecodeRecord", "FileTileDataset", "H5Tile", "LAYOUTS", "LayoutError", "MultiPageError",
-    "PROCESS_DECODE_MIN", "Split", "TILE_SIZE", "TileBatches", "TileCache", "TileIndex", "TileSet", "TileSource",
+    "PROCESS_DECODE_MIN", "Split", "StainTarget", "TILE_SIZE", "TileBatches", "TileCache", "TileIndex", "TileSet", "TileSource",
     "batch_plan", "choose_tile_size", "crop_for", "decode_tile", "decode_tiles", "given_split", "grouped_split",
-    "drawn_rows", "load_tile_set", "make_loader", "make_split", "open_tile", "original_augmentation", "read_layout", "read_run_layout",
-    "read_tile", "resolve_sizes", "seeded_split", "source_signature", "square_tile", "streamed",
+    "drawn_rows", "hed_augment", "load_tile_set", "make_loader", "make_split", "normalize_tile_set", "open_tile", "original_augmentation",
+    "read_layout", "read_run_layout", "read_stain_reference", "read_tile", "resolve_sizes", "run_stain_target", "seeded_split",
+    "source_signature", "square_tile", "streamed",
 ]  # fmt: skip

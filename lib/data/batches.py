@@ -1,5 +1,6 @@
 """Batches for training and validation: the fast path cuts them from the decoded uint8 tiles and
-augments them on the device; the original's path decodes and transforms files one by one in a DataLoader."""
+augments them on the device (geometry, then HED colour); the original's path decodes and transforms files one by one in a
+DataLoader."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torchvision.transforms import v2
 from lib.data.augment import augment_batch
 from lib.data.decode import check_multi_page, check_non_square, open_tile
 from lib.data.layouts import TileSource
+from lib.data.stain import hed_augment
 
 def original_augmentation(crop_size: int) -> v2.Compose:
     """The original's training transforms, on one uint8 tile at a time (each tile its own draw)."""
@@ -24,15 +26,17 @@ def original_augmentation(crop_size: int) -> v2.Compose:
 
 class FileTileDataset(Dataset):
     """The original's input path: each item opened and decoded from its file every epoch, its
-    transforms run on the PIL image, one image at a time, then ToTensor. For comparison, and for
+    transforms run on the PIL image, one image at a time, then ToTensor, then HED colour augmentation
+    (hed_scale, hed_shift; lib/data/stain.py) on the float image, its own draw. For comparison, and for
     data sets too large to keep decoded."""
 
     def __init__(self, sources: list[TileSource], labels: torch.Tensor, size: int, transform=None, multi_page: str = "refuse",
-                 non_square: str = "crop"):  # fmt: skip
+                 non_square: str = "crop", hed_scale: float = 0.0, hed_shift: float = 0.0):  # fmt: skip
         check_multi_page(multi_page)
         check_non_square(non_square)
         self.multi_page, self.non_square = multi_page, non_square
         self.sources, self.labels, self.size, self.transform = sources, labels, size, transform
+        self.hed_scale, self.hed_shift = hed_scale, hed_shift
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -42,7 +46,8 @@ class FileTileDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         tile = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-        return tile.float().div_(255), self.labels[i]  # ToTensor
+        image = tile.float().div_(255)  # ToTensor
+        return hed_augment(image[None], self.hed_scale, self.hed_shift)[0], self.labels[i]
 
 
 def batch_plan(n_tiles: int, batch_size: int, what: str) -> int:
@@ -61,13 +66,17 @@ class TileBatches:
     positions this loader uses, so a split costs no copy. Tiles go to the GPU when they fit;
     otherwise they stay where they are and each batch, once gathered, is pinned and streamed in.
     Like the original's loader: reshuffled each epoch (seeded), the last partial batch dropped
-    (unless the rows hold less than one batch: then they are one smaller batch, see batch_plan)."""
+    (unless the rows hold less than one batch: then they are one smaller batch, see batch_plan).
+    `hed_scale`, `hed_shift`: HED colour augmentation after the geometry (lib/data/stain.py), for
+    training batches only; 0 and 0 leave colours as they are."""
 
     def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
-                 device: torch.device, crop_size: int | None, what: str, rows: np.ndarray | torch.Tensor | None = None):  # fmt: skip
+                 device: torch.device, crop_size: int | None, what: str, rows: np.ndarray | torch.Tensor | None = None,
+                 hed_scale: float = 0.0, hed_shift: float = 0.0):  # fmt: skip
         rows = torch.arange(len(tiles)) if rows is None else torch.as_tensor(rows, dtype=torch.int64)
         self.batch_size = batch_plan(len(rows), batch_size, what)
         self.shuffle, self.device, self.crop_size = shuffle, device, crop_size
+        self.hed_scale, self.hed_shift = hed_scale, hed_shift
         self.generator = torch.Generator().manual_seed(seed)  # the order's stream; saved and restored on resume
         self.labels = labels[rows].to(device)
         self.tiles, self.rows, self.placement = _place(tiles, rows, device)
@@ -93,6 +102,8 @@ class TileBatches:
                 images = augment_batch(tiles, self.crop_size)
             else:
                 images = tiles.float().div_(255)
+            # Colour after geometry, on the float batch; its draws come from torch's global stream, as the geometry's.
+            images = hed_augment(images, self.hed_scale, self.hed_shift)
             yield images, self.labels[order_on_device[batch]]
 
 

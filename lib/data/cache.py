@@ -1,5 +1,6 @@
 """The memory-mapped tile cache: each data set's tiles decoded once into one uint8 array per tile
-size under data/cache/, filled row by row as runs ask for rows, by threads or worker processes."""
+size under data/cache/, filled row by row as runs ask for rows, by threads or worker processes; and,
+beside it, the tiles normalised to a stain target, one array per target (lib/data/stain.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from PIL import Image
 from lib.data.decode import (TILE_SIZE, BadImagesError, DecodeRecord, check_multi_page, check_non_square, decode_tile, source_signature,
                              square_tile)
 from lib.data.layouts import H5Tile, TileSource
+from lib.data.stain import StainTarget, normalize_stain
 from lib.files import amount, disk_full_error, is_disk_full, write_whole
 from lib.paths import TILE_CACHE_DIR
 from lib.progress import progress
@@ -30,6 +32,8 @@ CACHE_VERSION = 4  # bump when decoding or the cache's files change, so that old
 
 # A tile's row in the cache: not decoded yet, decoded, or unreadable (its reason kept in the cache's meta).
 NOT_DECODED, DECODED, UNREADABLE = 0, 1, 2
+# A row of a stain-normalised cache file: not normalised yet, normalised, or kept as decoded (its stain undefined: too little tissue).
+STAIN_NOT_DONE, STAIN_DONE, STAIN_KEPT = 0, 1, 2
 # Below this many tiles to decode, threads (no start-up cost); above it, one process per core: PIL's
 # TIFF and PNG readers parse headers in Python, under the GIL, so threads gain little on small files
 # (96x96 TIFFs on 2 cores: 2,800 tiles/s with threads, 11,800 with processes).
@@ -463,6 +467,72 @@ class TileCache:
                             rescaled=dict(counted["rescaled"]), pages=dict(counted["pages"]), non_square=self.non_square, bad=bad,
                             cache=self.describe(len(rows)))  # fmt: skip
 
+    def stain_normalized(self, rows: np.ndarray, target: StainTarget, device: torch.device | str | None = None,
+                         desc: str = "normalising stain") -> tuple[torch.Tensor, int]:  # fmt: skip
+        """(N, 3, size, size) uint8 whose `rows` (decoded already: decode) hold their tiles normalised to
+        `target` (lib/data/stain.py, on `device`, the CPU by default), and how many of `rows` were kept
+        as they were (stain undefined: too little tissue). The one way to normalised tiles, for training
+        and the evaluation alike. Normalised once per row into a cache file of their own, keyed by the
+        target's method and digest beside the tile size, so raw and normalised tiles (or tiles
+        normalised to two targets) never mix; a later call reads them. Raises ValueError before
+        writing when the disk has too little room, DiskFullError when it fills."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[self.state[rows] == DECODED]
+        raw = self.tiles()
+        variant = f"-{target.method}-{target.digest()}"
+        if self.cache_dir is None:
+            array = np.zeros_like(self.array)
+            state = np.zeros(len(self.sources), dtype=np.uint8)
+        else:
+            data_file, state_file = self._file(f"{variant}.npy", self.size), self._file(f"{variant}.state.npy", self.size)
+            if not (data_file.is_file() and state_file.is_file()):
+                write_whole(data_file, lambda f: _write_sparse_npy(f, tuple(raw.shape)), "cache_dir", tmp=data_file.with_name(data_file.name + ".tmp.npy"))
+                _save_npy(state_file, np.zeros(len(self.sources), dtype=np.uint8))
+            array, state = np.load(data_file, mmap_mode="r"), np.load(state_file)
+        todo = rows[state[rows] == STAIN_NOT_DONE]
+        if len(todo):
+            self._normalize_rows(todo, raw, target, device, desc, array, state, variant)
+        kept = int((state[rows] == STAIN_KEPT).sum())
+        if self.cache_dir is None:
+            return torch.from_numpy(array), kept
+        return torch.from_numpy(np.load(self._file(f"{variant}.npy", self.size), mmap_mode="c")), kept
+
+    def _normalize_rows(self, todo: np.ndarray, raw: torch.Tensor, target: StainTarget, device, desc: str, array: np.ndarray,
+                        state: np.ndarray, variant: str) -> None:  # fmt: skip
+        """Normalise `todo` rows of `raw` into `array` (in memory) or its cache file, and mark them in `state`."""
+        device = torch.device(device or "cpu")
+        fd = None
+        if self.cache_dir is not None:
+            self._check_room(len(todo))
+            data_file = self._file(f"{variant}.npy", self.size)
+            fd, offset = os.open(data_file, os.O_RDWR), array.offset
+        bar = progress(total=len(todo), desc=desc, unit="tile", leave=False)
+        try:
+            for start in range(0, len(todo), 256):
+                block = todo[start : start + 256]
+                tiles, normalized = normalize_stain(raw[torch.from_numpy(block)].to(device), target)
+                tiles, normalized = tiles.cpu().numpy(), normalized.cpu().numpy()
+                if fd is None:
+                    array[block] = tiles
+                else:
+                    for row, tile in zip(block.tolist(), tiles):
+                        _pwrite_all(fd, tile, offset + row * self.row_bytes)
+                state[block] = np.where(normalized, STAIN_DONE, STAIN_KEPT)
+                bar.update(len(block))
+            if fd is not None:
+                os.fsync(fd)  # the pixels on disk before the states say so
+        except OSError as error:
+            if is_disk_full(error):
+                raise disk_full_error(self._file(f"{variant}.npy", self.size), "cache_dir", len(todo) * self.row_bytes,
+                                      "No normalised tile of this call is counted; a later run normalises them again.", _MEND_SIZE) from None  # fmt: skip
+            raise
+        finally:
+            bar.close()
+            if fd is not None:
+                os.close(fd)
+        if self.cache_dir is not None:
+            _overwrite_npy(self._file(f"{variant}.state.npy", self.size), state)
+
     def describe(self, n_rows: int) -> str:
         if self.cache_dir is None:
             return ""
@@ -489,12 +559,14 @@ def _forget_older_caches(cache_dir: Path, first: str) -> None:
 
 def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "decoding tiles",
                  skip_bad_images: bool = False, cache_dir: str | Path | None = TILE_CACHE_DIR,
-                 multi_page: str = "refuse", non_square: str = "crop") -> tuple[torch.Tensor, np.ndarray, DecodeRecord]:
+                 multi_page: str = "refuse", non_square: str = "crop", stain: StainTarget | None = None,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, np.ndarray, DecodeRecord]:  # fmt: skip
     """Every source decoded to one (N_ok, 3, size, size) uint8 tensor, the (N,) bool mask of the
     sources kept, and what decoding did. Bad files are all found first and listed in one
     BadImagesError, unless `skip_bad_images`, which leaves them out and records how many. With
     `cache_dir`, the tensor lies over the memory-mapped cache (no copy, unless files were skipped:
-    then the kept rows are gathered), reused while no file changes."""  # fmt: skip
+    then the kept rows are gathered), reused while no file changes. With `stain` (a run's
+    StainTarget), the tiles normalised to it (TileCache.stain_normalized, on `device`), cached apart."""  # fmt: skip
     cache = TileCache(sources, cache_dir, multi_page=multi_page, non_square=non_square)
     rows = np.arange(len(sources))
     cache.open_size(size)
@@ -502,7 +574,7 @@ def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "
     record = cache.record(rows)
     _raise_unless_skipped(record, skip_bad_images)
     ok = cache.state == DECODED
-    tiles = cache.tiles()
+    tiles = cache.tiles() if stain is None else cache.stain_normalized(rows, stain, device, f"{desc}: normalising stain")[0]
     return (tiles if ok.all() else tiles[torch.from_numpy(np.flatnonzero(ok))]), ok, record
 
 

@@ -1,6 +1,7 @@
 """A run's tile set: its subset drawn before decoding, the tile and crop sizes it uses (resolved once,
 before training), its tiles decoded once into the cache (or read from it) and returned over it, not
-copied, and its split into training and validation tiles."""
+copied, normalised to a stain target when the run asks (once, cached apart), and its split into
+training and validation tiles."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lib.data.cache import DECODED, TileCache, _raise_unless_skipped
 from lib.data.decode import TILE_SIZE, DecodeRecord
 from lib.data.layouts import LayoutError, TileIndex, TileSource, read_layout
 from lib.data.splits import Split, _require_trainable, _seeded_order, given_split, grouped_split, seeded_split
+from lib.data.stain import StainTarget
 from lib.paths import TILE_CACHE_DIR
 
 @dataclass
@@ -33,6 +35,8 @@ class TileSet:
     subset: int = 0  # the draw made before decoding (0: every tile), with its seed
     seed: int = 0
     notes: list[str] = field(default_factory=list)  # for the run's output and record: tile size, subset, cache, decoding
+    cache: TileCache | None = None  # where the tiles were decoded (stain normalisation reads them there)
+    stain_kept: int = 0  # with a stain target: kept tiles whose stain was undefined (too little tissue), kept as decoded
 
     @property
     def n_kept(self) -> int:
@@ -132,7 +136,18 @@ def load_tile_set(index: TileIndex, size: int = TILE_SIZE, skip_bad_images: bool
         raise LayoutError(f"{index.data_dir}: after leaving out {record.skipped} unreadable file(s), only class {int(labels[kept][0])} remains")
     notes += ([f"decoded tiles: {record.cache}"] if record.cache else []) + record.notes(size)
     return TileSet(index=index, sources=index.train_paths, tiles=cache.tiles() if keep_tiles else None, labels=labels,
-                   groups=index.train_groups, record=record, kept=kept, size=size, subset=subset, seed=seed, notes=notes)  # fmt: skip
+                   groups=index.train_groups, record=record, kept=kept, size=size, subset=subset, seed=seed, notes=notes,
+                   cache=cache)  # fmt: skip
+
+
+def normalize_tile_set(tile_set: TileSet, target: StainTarget, device=None) -> TileSet:
+    """The tile set with its kept tiles normalised to `target` (TileCache.stain_normalized, on
+    `device`: once, then read from the cache), and a note saying how many were kept as decoded."""
+    rows = np.flatnonzero(tile_set.kept)
+    tiles, kept = tile_set.cache.stain_normalized(rows, target, device, "normalising stain")
+    note = (f"stain normalised ({target.method}) once, when decoded, and cached apart from the raw tiles: {len(rows) - kept} of the "
+            f"run's {len(rows)} tiles; {kept} kept as decoded (too little tissue for a stain estimate); target: {target.describe()}")  # fmt: skip
+    return replace(tile_set, tiles=tiles, notes=[*tile_set.notes, note], stain_kept=kept)
 
 
 

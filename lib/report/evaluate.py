@@ -190,7 +190,7 @@ def predict_test_tiles(run_dir: str | Path, data_dir: str | Path | None = None, 
     chosen = tiles or held_out_tiles(config, folder, which)
     what = "test tiles" if chosen.scored_on == "test" else "second test set" if tiles else "validation tiles"
     decoded, _, _ = decode_tiles(chosen.sources, config.tile_size, desc=f"decoding {what}", cache_dir=config.cache_dir or None,
-                                 multi_page=config.multi_page, non_square=config.non_square)  # fmt: skip
+                                 multi_page=config.multi_page, non_square=config.non_square, stain=folder.stain_target(), device=torch_device)  # fmt: skip
     predictions, scores, tta_predictions, tta_scores = predict_tiles(model, decoded, torch_device, settings, batch_size, tta,
                                                                      desc=f"predicting {what}")  # fmt: skip
     return TilePredictions(

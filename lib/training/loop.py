@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import PRETRAINED_FIELDS, RunConfig
-from lib.data import (FileTileDataset, Split, TileBatches, TileIndex, TileSet, batch_plan, load_tile_set, make_loader, make_split,
-                      original_augmentation, read_run_layout, resolve_sizes)
+from lib.data import (FileTileDataset, Split, StainTarget, TileBatches, TileIndex, TileSet, batch_plan, load_tile_set, make_loader, make_split,
+                      normalize_tile_set, original_augmentation, read_run_layout, read_stain_reference, resolve_sizes, run_stain_target)
 from lib.metrics import class_counts, majority_rate
 from lib.models import WeightsOutcome, build_model, predicted_labels
 from lib.progress import progress
@@ -135,6 +135,7 @@ class RunData:
     valid_loader: object
     placement: str  # where the tiles wait and where they are augmented, in words
     notes: list[str]  # what the data stage did, for the run's output and record (sizes, subset, cache, decoding, batches)
+    stain_target: StainTarget | None = None  # with stain_normalize: what the tiles were normalised to (runs/<run>/stain_target.json)
 
 
 @dataclass
@@ -161,35 +162,45 @@ class Start:
 def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, size_note: str = "") -> RunData:
     """Stage 1, data: decode the run's tiles (its subset only, at the tile size `config` holds,
     resolved before: resolve_sizes, whose reason is `size_note`) once into the memory-mapped cache
-    (or read them from it), split, and build the loaders for `config.input_pipeline`, which read
-    batches from the cache, no copy."""
+    (or read them from it), split, normalise their stain when `config.stain_normalize` asks (to a
+    target from stain_reference or fitted on training tiles only; once, cached apart), and build the
+    loaders for `config.input_pipeline`, which read batches from the cache, no copy."""
     tensor_path = config.input_pipeline == "tensor"
     tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
                              keep_tiles=tensor_path, subset=config.subset, seed=config.seed, multi_page=config.multi_page,
                              non_square=config.non_square, size_note=size_note)  # fmt: skip
     split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
+    stain_target = None
+    if config.stain_normalize != "none":
+        # Fitted after the split, on training tiles only: validation and test tiles never shape the target.
+        stain_target = run_stain_target(config.stain_normalize, config.stain_reference, tile_set.tiles, split.train, config.seed)
+        tile_set = normalize_tile_set(tile_set, stain_target, device)
     data_notes = tile_set.notes + split.batch_notes(config.batch_size)
     for note in data_notes:
         print(f"data: {note}")
     crop = config.crop_size if config.augment else None
+    hed = (f"; HED colour augmentation of training tiles (scale {config.hed_scale}, shift {config.hed_shift})"
+           if config.hed_scale or config.hed_shift else "")  # fmt: skip
     if tensor_path:
-        train_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=True, seed=config.seed,
-                                   device=device, crop_size=crop, what="training", rows=split.train)  # fmt: skip
+        train_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=True, seed=config.seed, device=device,
+                                   crop_size=crop, what="training", rows=split.train, hed_scale=config.hed_scale,
+                                   hed_shift=config.hed_shift)  # fmt: skip
         valid_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=False, seed=config.seed,
                                    device=device, crop_size=None, what="validation", rows=split.valid)  # fmt: skip
-        placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}"
+        placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}{hed}"
     else:
-        def files(rows, transform):
+        def files(rows, transform, hed=(0.0, 0.0)):
             return FileTileDataset([tile_set.sources[i] for i in rows], tile_set.labels[rows], config.tile_size, transform, config.multi_page,
-                                   config.non_square)  # fmt: skip
+                                   config.non_square, *hed)  # fmt: skip
 
         augment = original_augmentation(crop) if crop else None
-        train_loader = make_loader(files(split.train, augment), config.batch_size, True, config.seed, "training", config.loader_workers)
+        train_set = files(split.train, augment, (config.hed_scale, config.hed_shift))
+        train_loader = make_loader(train_set, config.batch_size, True, config.seed, "training", config.loader_workers)
         valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
-        placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers"
+        placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers{hed}"
     print(f"split: {split.description}; {len(split.train)} training and {len(split.valid)} validation tiles "
           f"({'a subset of ' + str(config.subset) if 0 < config.subset < len(tile_set.labels) else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
-    return RunData(index, tile_set, split, train_loader, valid_loader, placement, data_notes)
+    return RunData(index, tile_set, split, train_loader, valid_loader, placement, data_notes, stain_target)
 
 
 def build_training(config: RunConfig, device: torch.device) -> Training:
@@ -221,6 +232,8 @@ def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, da
         name_of = data.index.name_of
         folder.write_split([name_of(data.tile_set.sources[i]) for i in data.split.train],
                            [name_of(data.tile_set.sources[i]) for i in data.split.valid])  # fmt: skip
+        if data.stain_target is not None:
+            folder.write_stain_target(data.stain_target)
         folder.write_config(config)
         return Start(history=[], epoch=0, best_accuracy=-1.0)
     training.model.load_state_dict(resumed["model"])
@@ -229,6 +242,8 @@ def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, da
         training.scheduler.load_state_dict(resumed["scheduler"])
     history = folder.read_history()[: resumed["epoch"] + 1]
     _restore_random_state(resumed["random"], data.train_loader)
+    if data.stain_target is not None:  # fitted again as before (seeded): the same target
+        folder.write_stain_target(data.stain_target)
     folder.write_config(config)
     print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {folder.checkpoint_file('last')}){why}")
     return Start(history=history, epoch=resumed["epoch"] + 1, best_accuracy=max(r["valid_accuracy"] for r in history))
@@ -425,6 +440,8 @@ def record_result(config: RunConfig, folder: RunFolder, data: RunData, training:
         "data_layout": data.index.layout,
         "label_rule": data.index.label_rule,
         "data_notes": data.notes,
+        "stain": ({"normalize": config.stain_normalize, "target": data.stain_target.describe(), "digest": data.stain_target.digest(),
+                   "kept_as_decoded": data.tile_set.stain_kept} if data.stain_target is not None else None),  # fmt: skip
         "decoding": asdict(record) | {"bad": record.bad[:100]},
         "weights": asdict(training.weights),
         "environment": environment_record(str(next(training.model.parameters()).device)),
@@ -446,6 +463,8 @@ def fit(config: RunConfig) -> RunResult:
     # One writer per run folder, from before anything is read to its result: a second fit of this run,
     # or a pipeline on this runs_dir, is refused at once by name (lib/writer_lock.py).
     with folder.writer():
+        if config.stain_reference:
+            read_stain_reference(config.stain_reference)  # a missing or unreadable reference, named before anything is read
         # Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
         # that every stage, config.json, resume and the evaluation see the one config the run trains with.
         index = read_run_layout(config)

@@ -7,6 +7,8 @@
     best.pt        the best validation state (model, optimizer, epoch), as the original kept
     last.pt        everything needed to continue (model, optimizer, scheduler, epoch, random state)
     result.json    the run's summary: what the report reads
+    stain_target.json   with stain_normalize: the target its tiles were normalised to (lib/data/stain.py),
+                   which the evaluation normalises the test tiles to
     tensorboard/   the original's scalar tags
     training.fingerprint   what the training depended on (lib/pipeline.py's training_fingerprint), written
                    by the pipeline after the run's notebook succeeded: a later `make run-all` whose training is
@@ -37,6 +39,7 @@ from pathlib import Path
 import torch
 
 from lib.config import RunConfig
+from lib.data.stain import StainTarget
 from lib.files import stored_bytes, write_whole
 from lib.paths import PROJECT_ROOT, resolve
 from lib.writer_lock import WriterLock, held_by_parent, lock_file
@@ -45,7 +48,7 @@ CHECKPOINTS = ("initial", "best", "last")
 # A fresh start removes these, so that a later resume cannot continue another run's state.
 # training.fingerprint goes too: a run trained outside the pipeline (its notebook in JupyterLab) must not
 # pass for the one the pipeline recorded.
-_STALE_ON_FRESH_START = ("last.pt", "best.pt", "history.json", "result.json", "split.csv", "training.fingerprint")
+_STALE_ON_FRESH_START = ("last.pt", "best.pt", "history.json", "result.json", "split.csv", "training.fingerprint", "stain_target.json")
 
 
 def save_atomically(obj, path: Path) -> None:
@@ -147,6 +150,10 @@ class RunFolder:
         return self.path / "tensorboard"
 
     @property
+    def stain_target_file(self) -> Path:
+        return self.path / "stain_target.json"
+
+    @property
     def fingerprint_file(self) -> Path:
         return self.path / "training.fingerprint"
 
@@ -191,6 +198,9 @@ class RunFolder:
         writer.writerows([name, "train"] for name in train)
         writer.writerows([name, "valid"] for name in valid)
         write_whole(self.split_file, text.getvalue().encode(), "runs_dir", tmp=temporary_name(self.split_file))
+
+    def write_stain_target(self, target: StainTarget) -> None:
+        write_whole(self.stain_target_file, target.to_json().encode(), "runs_dir", tmp=temporary_name(self.stain_target_file))
 
     def write_history(self, history: list[dict]) -> None:
         save_atomically(history, self.history_file)
@@ -250,6 +260,17 @@ class RunFolder:
             for row in csv.DictReader(f):
                 (train if row["side"] == "train" else valid).append(row["tile"])
         return SplitRecord(train=train, valid=valid)
+
+    def stain_target(self) -> StainTarget | None:
+        """The target the run normalised its tiles to (stain_target.json), None when its config asks for
+        no stain normalisation. Raises FileNotFoundError or DamagedRunFolder naming the file."""
+        if self.run_config().stain_normalize == "none":
+            return None
+        record = self._read_json(self.stain_target_file)
+        try:
+            return StainTarget.from_json(json.dumps(record))
+        except (KeyError, TypeError, ValueError) as error:
+            raise DamagedRunFolder(f"{_shown(self.stain_target_file)} is damaged (not a stain target: {error}): {self.mend()}") from None
 
     def read_history(self) -> list[dict]:
         return self._read_json(self.history_file)
