@@ -68,7 +68,8 @@ class RunConfig:
     crop_size: int = 0  # pixels, the random crop when augmenting; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256 (the baseline: no crop)
     # Stain colour (lib/data/stain.py). HED augmentation as Tellez et al. 2018 (IEEE TMI) and 2019 (MedIA): alpha ~ U[1-s, 1+s]
     # scales and beta ~ U[-s, s] shifts each stain channel, in scikit-image's rgb2hed units. Their 2019 comparison names
-    # HED-light (s 0.05) and HED-strong (s 0.2), the same s for scale and shift (as we read the papers; check them before quoting).
+    # HED-light (s 0.05) and HED-strong (s 0.2), one s for scale and shift: values recalled from the papers, whose full text
+    # could not be read where this was written; check them there before quoting them.
     hed_scale: float = 0.0  # HED colour augmentation of training batches: each image's haematoxylin, eosin and DAB channels scaled by its own draw in [1 - hed_scale, 1 + hed_scale]; 0: off (HED-light 0.05, HED-strong 0.2; below 1)
     hed_shift: float = 0.0  # HED colour augmentation of training batches: each stain channel shifted by a draw in [-hed_shift, hed_shift], scikit-image's stain units; 0: off (HED-light 0.05, HED-strong 0.2; below 1)
     stain_normalize: str = "none"  # "none", "macenko" (Macenko et al. 2009) or "reinhard" (Reinhard et al. 2001, in CIELAB): every tile's stain brought to one target once, when decoded, and cached apart from raw tiles; the evaluation brings the test tiles to the same target (runs/<run>/stain_target.json)

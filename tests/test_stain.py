@@ -258,9 +258,9 @@ def test_normalised_tiles_are_cached_apart_from_raw_ones_and_read_back_without_n
     cache.open_size(32)
     cache.decode(rows, "decoding")
     raw = cache.tiles().clone()
-    normalised, kept = cache.stain_normalized(rows, target)
+    normalised, kept, now = cache.stain_normalized(rows, target)
     expected, normalized = stain.normalize_stain(raw, target)
-    assert torch.equal(normalised, expected) and kept == int((~normalized).sum())
+    assert torch.equal(normalised, expected) and kept == int((~normalized).sum()) and now == 6
     assert not torch.equal(normalised, raw) and torch.equal(cache.tiles(), raw)  # the raw rows are untouched
     files = sorted(p.name for p in cache_dir.glob("*.npy"))
     assert f"{cache.key}-32.npy" in files and f"{cache.key}-32-macenko-{target.digest()}.npy" in files
@@ -272,8 +272,8 @@ def test_normalised_tiles_are_cached_apart_from_raw_ones_and_read_back_without_n
     second = TileCache(paths, cache_dir)
     second.open_size(32)
     second.decode(rows, "decoding")
-    read, kept_again = second.stain_normalized(rows, target)
-    assert torch.equal(read, expected) and kept_again == kept
+    read, kept_again, now = second.stain_normalized(rows, target)
+    assert torch.equal(read, expected) and kept_again == kept and now == 0
     other = stain.fit_macenko(tiles[3:], "three others")
     with pytest.raises(AssertionError, match="normalised again"):  # another target: other rows, computed afresh
         second.stain_normalized(rows, other)
@@ -360,7 +360,7 @@ def test_a_run_with_hed_augmentation_and_macenko_normalisation_records_both_and_
     target = stain.StainTarget.from_json((run_dir / "stain_target.json").read_text())
     assert "of the run's training tiles (seed 0)" in target.source
     assert result.summary["stain"]["digest"] == target.digest()
-    line = next(line for line in out.splitlines() if line.startswith("data: stain normalised (macenko)"))
+    line = next(line for line in out.splitlines() if line.startswith("data: stain normalised (macenko), once per tile"))
     assert f"{result.summary['stain']['kept_as_decoded']} kept as decoded" in line
     assert "HED colour augmentation of training tiles (scale 0.05, shift 0.05)" in result.summary["input_path"]
 

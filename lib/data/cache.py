@@ -468,10 +468,11 @@ class TileCache:
                             cache=self.describe(len(rows)))  # fmt: skip
 
     def stain_normalized(self, rows: np.ndarray, target: StainTarget, device: torch.device | str | None = None,
-                         desc: str = "normalising stain") -> tuple[torch.Tensor, int]:  # fmt: skip
+                         desc: str = "normalising stain") -> tuple[torch.Tensor, int, int]:  # fmt: skip
         """(N, 3, size, size) uint8 whose `rows` (decoded already: decode) hold their tiles normalised to
-        `target` (lib/data/stain.py, on `device`, the CPU by default), and how many of `rows` were kept
-        as they were (stain undefined: too little tissue). The one way to normalised tiles, for training
+        `target` (lib/data/stain.py, on `device`, the CPU by default), how many of `rows` were kept as
+        they were (stain undefined: too little tissue), and how many were normalised by this call (the
+        rest read from the cache). The one way to normalised tiles, for training
         and the evaluation alike. Normalised once per row into a cache file of their own, keyed by the
         target's method and digest beside the tile size, so raw and normalised tiles (or tiles
         normalised to two targets) never mix; a later call reads them. Raises ValueError before
@@ -494,8 +495,8 @@ class TileCache:
             self._normalize_rows(todo, raw, target, device, desc, array, state, variant)
         kept = int((state[rows] == STAIN_KEPT).sum())
         if self.cache_dir is None:
-            return torch.from_numpy(array), kept
-        return torch.from_numpy(np.load(self._file(f"{variant}.npy", self.size), mmap_mode="c")), kept
+            return torch.from_numpy(array), kept, len(todo)
+        return torch.from_numpy(np.load(self._file(f"{variant}.npy", self.size), mmap_mode="c")), kept, len(todo)
 
     def _normalize_rows(self, todo: np.ndarray, raw: torch.Tensor, target: StainTarget, device, desc: str, array: np.ndarray,
                         state: np.ndarray, variant: str) -> None:  # fmt: skip

@@ -121,9 +121,9 @@ class StainTarget:
 
     method: str
     stain_matrix: tuple[tuple[float, float], ...] = ()  # macenko: 3 rows (R, G, B) of (H, E)
-    max_concentrations: tuple[float, float] | tuple = ()  # macenko
-    means: tuple[float, float, float] | tuple = ()  # reinhard: L*, a*, b*
-    stds: tuple[float, float, float] | tuple = ()  # reinhard
+    max_concentrations: tuple[float, ...] = ()  # macenko: haematoxylin, eosin
+    means: tuple[float, ...] = ()  # reinhard: L*, a*, b*
+    stds: tuple[float, ...] = ()  # reinhard
     source: str = ""  # a reference image, or the training tiles it was fitted on
 
     def digest(self) -> str:
@@ -155,7 +155,7 @@ class StainTarget:
 
 
 def optical_density(tiles: torch.Tensor) -> torch.Tensor:
-    """(B, 3, N) optical density of uint8 (B, 3, H, W) tiles, as Macenko's code: -log((I + 1) / Io)."""
+    """(B, 3, N) optical density of uint8 (B, 3, H, W) tiles (or (B, 3, N) pixels), as Macenko's code: -log((I + 1) / Io)."""
     return -torch.log((tiles.flatten(2).float() + 1) / MACENKO_IO)
 
 
@@ -267,7 +267,7 @@ def fit_reinhard(tiles: torch.Tensor, source: str) -> StainTarget:
     """A Reinhard target: the CIELAB means and standard deviations of uint8 (N, 3, H, W) tiles pooled.
     Raises ValueError when they hold too little tissue (all glass has no stain to copy)."""
     pixels = tiles.flatten(2).transpose(0, 1).reshape(1, 3, -1)
-    if not bool(_enough_tissue(tissue_mask(optical_density(pixels[..., None])))[0]):
+    if not bool(_enough_tissue(tissue_mask(optical_density(pixels)))[0]):
         raise ValueError(f"no Reinhard stain target can be fitted on {source}: too little tissue")
     lab = rgb_to_lab(pixels.float() / 255)[0]
     return StainTarget("reinhard", means=tuple(map(float, lab.mean(dim=1))), stds=tuple(map(float, lab.std(dim=1))), source=source)

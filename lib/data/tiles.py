@@ -144,9 +144,10 @@ def normalize_tile_set(tile_set: TileSet, target: StainTarget, device=None) -> T
     """The tile set with its kept tiles normalised to `target` (TileCache.stain_normalized, on
     `device`: once, then read from the cache), and a note saying how many were kept as decoded."""
     rows = np.flatnonzero(tile_set.kept)
-    tiles, kept = tile_set.cache.stain_normalized(rows, target, device, "normalising stain")
-    note = (f"stain normalised ({target.method}) once, when decoded, and cached apart from the raw tiles: {len(rows) - kept} of the "
-            f"run's {len(rows)} tiles; {kept} kept as decoded (too little tissue for a stain estimate); target: {target.describe()}")  # fmt: skip
+    tiles, kept, now = tile_set.cache.stain_normalized(rows, target, device, "normalising stain")
+    done = f"{now} normalised now, the rest read from the cache" if now < len(rows) else "all normalised now"
+    note = (f"stain normalised ({target.method}), once per tile and cached apart from the raw tiles ({done}): {len(rows) - kept} of "
+            f"the run's {len(rows)} tiles; {kept} kept as decoded (too little tissue for a stain estimate); target: {target.describe()}")  # fmt: skip
     return replace(tile_set, tiles=tiles, notes=[*tile_set.notes, note], stain_kept=kept)
 
 
