@@ -66,12 +66,11 @@ class RunConfig:
     scheduler: str  # "none" or "plateau" (ReduceLROnPlateau on the summed validation loss)
     augment: bool  # the original's rotation, flips and random crop on training tiles
     crop_size: int = 0  # pixels, the random crop when augmenting; 0 follows the tile: round(tile_size * 200/256), the original's 200 of 256 (the baseline: no crop)
-    # Stain colour (lib/data/stain.py). HED augmentation as Tellez et al. 2018 (IEEE TMI) and 2019 (MedIA): alpha ~ U[1-s, 1+s]
-    # scales and beta ~ U[-s, s] shifts each stain channel, in scikit-image's rgb2hed units. Their 2019 comparison names
-    # HED-light (s 0.05) and HED-strong (s 0.2), one s for scale and shift: values recalled from the papers, whose full text
-    # could not be read where this was written; check them there before quoting them.
-    hed_scale: float = 0.0  # HED colour augmentation of training batches: each image's haematoxylin, eosin and DAB channels scaled by its own draw in [1 - hed_scale, 1 + hed_scale]; 0: off (HED-light 0.05, HED-strong 0.2; below 1)
-    hed_shift: float = 0.0  # HED colour augmentation of training batches: each stain channel shifted by a draw in [-hed_shift, hed_shift], scikit-image's stain units; 0: off (HED-light 0.05, HED-strong 0.2; below 1)
+    # Stain colour (lib/data/stain.py). HED augmentation as Tellez et al. 2018 (IEEE TMI) and 2019 (MedIA): alpha ~ U[1-s1, 1+s1]
+    # scales and beta ~ U[-s2, s2] shifts each stain channel, in scikit-image's rgb2hed units (optical density / 13.8). In
+    # those units a shift of 0.05 already turns some tiles orange, green or white (notebook 05 draws them): shifts stay small.
+    hed_scale: float = 0.0  # HED colour augmentation of training batches: each image's haematoxylin, eosin and DAB channels scaled by its own draw in [1 - hed_scale, 1 + hed_scale]; 0: off; below 1 (resnet50-stain: 0.2)
+    hed_shift: float = 0.0  # HED colour augmentation of training batches: each stain channel shifted by a draw in [-hed_shift, hed_shift], scikit-image's stain units (optical density / 13.8); 0: off; below 1 (resnet50-stain: 0.02)
     stain_normalize: str = "none"  # "none", "macenko" (Macenko et al. 2009) or "reinhard" (Reinhard et al. 2001, in CIELAB): every tile's stain brought to one target once, when decoded, and cached apart from raw tiles; the evaluation brings the test tiles to the same target (runs/<run>/stain_target.json)
     stain_reference: str = ""  # an image file whose stain the tiles are normalised to (relative: from the project root); empty: a target fitted on up to 256 of the run's training tiles (seeded), never on validation or test tiles
     seed: int = 0  # every random draw (split, order, augmentation, initial weights) follows it
@@ -339,8 +338,8 @@ def _validate(config: RunConfig) -> None:
     for name in ("hed_scale", "hed_shift"):
         value = getattr(config, name)
         if not 0 <= value < 1:
-            raise ValueError(f"parameter {name}={value} must lie in [0, 1): 0 turns HED colour augmentation off, Tellez et al.'s "
-                             "HED-light is 0.05 and HED-strong 0.2")  # fmt: skip
+            raise ValueError(f"parameter {name}={value} must lie in [0, 1): 0 turns HED colour augmentation off; resnet50-stain "
+                             "uses hed_scale 0.2 and hed_shift 0.02")  # fmt: skip
     if config.stain_reference and config.stain_normalize == "none":
         raise ValueError(f"parameter stain_reference={config.stain_reference!r} is given, but stain_normalize='none' normalises "
                          "nothing: set stain_normalize to 'macenko' or 'reinhard', or leave stain_reference empty")  # fmt: skip

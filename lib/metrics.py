@@ -82,11 +82,11 @@ def interval_text(metrics: dict, name: str, scale: float = 100, digits: int = 2)
     return f" [{scale * interval['low']:.{digits}f}, {scale * interval['high']:.{digits}f}]"
 
 
-def scores_text(metrics: dict) -> str:
+def scores_text(metrics: dict, with_method: bool = True) -> str:
     """One line that puts accuracy beside its floor: accuracy, the majority-class rate and class
     counts of the same tiles, balanced accuracy, ROC-AUC, each score with its 95 % interval in
-    brackets when the scores carry them (the method said once at the end), and a one-class
-    predictor named in words."""
+    brackets when the scores carry them (the method said at the end unless `with_method` is False:
+    a report says it once for all its lines), and a one-class predictor named in words."""
     n0, n1 = metrics["class_counts"]
     auc = f"{metrics['roc_auc']:.3f}{interval_text(metrics, 'roc_auc', 1, 3)}" if metrics["roc_auc"] is not None else "undefined (one class)"
     text = (f"accuracy {percent(metrics['accuracy'])}{interval_text(metrics, 'accuracy')} (majority-class rate {percent(metrics['majority_rate'])}: "
@@ -94,4 +94,4 @@ def scores_text(metrics: dict) -> str:
             f"{interval_text(metrics, 'balanced_accuracy')}, ROC-AUC {auc}")  # fmt: skip
     text += f"; it {metrics['one_class']}" if metrics["one_class"] else ""
     method = (metrics.get("intervals") or {}).get("method")
-    return text + (f" (in brackets: {method})" if method else "")
+    return text + (f" (in brackets: {method})" if method and with_method else "")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(PROJECT_ROOT))  # so that `import lib` works however pyte
 
 from lib import pipeline  # noqa: E402
 from lib.report.render import render_html  # noqa: E402
-from lib.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from lib.data.synthetic import OtherLabSpec, SyntheticSpec, generate, generate_other_lab  # noqa: E402
 
 TINY_SPEC = SyntheticSpec(n_train=96, n_test=24, seed=11)
 SEED_EPOCHS = PROJECT_ROOT.parent / "shared" / "seed" / "reported_epochs.csv"
@@ -51,12 +51,15 @@ TINY_WORKBOOK = {"profile": "quick", "device": "cpu", "seed": "0", "epochs": "1"
 @pytest.fixture(scope="session")
 def executed_workbook(tiny_data, resnet50_weights_file, tmp_path_factory):
     """The whole product on the tiny set, through `make run-all`'s own path (lib/pipeline.run_all:
-    every parameter as text, as make gives it, with a ResNet50 weights file as WEIGHTS=), then the
+    every parameter as text, as make gives it, with a ResNet50 weights file as WEIGHTS= and a tiny
+    other-laboratory set as SECOND_TEST=), then the
     report notebook executed and rendered to HTML. Runs once; returns the folder with runs/ and
     reports/ (executed notebooks in reports/executed/)."""
     base = tmp_path_factory.mktemp("workbook")
+    # A second test set: new tissue stained as another laboratory stains, as the generated default data brings one.
+    other_lab = generate_other_lab(base / "tiny-other-lab", OtherLabSpec(n_test=16, seed=11), workers=2)
     pipeline.run_all(TINY_WORKBOOK | {"data_dir": str(tiny_data), "runs_dir": str(base / "runs"), "reports_dir": str(base / "reports"),
-                                      "weights_path": str(resnet50_weights_file)})  # fmt: skip
+                                      "weights_path": str(resnet50_weights_file), "second_test": str(other_lab)})  # fmt: skip
     executed = base / "reports" / "executed"
     pipeline.execute(pipeline.REPORT_NOTEBOOK, executed, {"runs_dir": str(base / "runs"), "reports_dir": str(base / "reports")})
     render_html(executed / pipeline.REPORT_NOTEBOOK, base / "reports" / "report.html")  # the PDF has its own tests

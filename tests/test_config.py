@@ -17,15 +17,26 @@ from lib.paths import NOTEBOOKS_DIR
 from tests.conftest import SEED_EPOCHS
 
 
-def test_registry_holds_the_four_runs_faithfully():
-    assert registry.run_names() == ["baseline", "resnet50-10ep", "resnet50-100ep", "resnet50-150ep"]
-    full = {run: registry.run_parameters(run, "full") for run in registry.run_names()}
+def test_registry_holds_the_four_runs_faithfully_and_one_beyond_them():
+    assert registry.run_names() == ["baseline", "resnet50-10ep", "resnet50-100ep", "resnet50-150ep", "resnet50-stain"]
+    original = [run for run in registry.run_names() if not registry.reported(run).get("beyond_original")]
+    assert original == registry.run_names()[:4]
+    full = {run: registry.run_parameters(run, "full") for run in original}
     assert [full[r]["epochs"] for r in full] == [100, 10, 100, 150]
     assert full["baseline"]["model"] == "baseline" and not full["baseline"]["augment"]
     assert all(full[r]["head"] == "imagenet1000" and full[r]["batch_size"] == 100 and full[r]["augment"] for r in list(full)[1:])
     assert [full[r]["scheduler"] for r in full] == ["none", "none", "plateau", "plateau"]
     assert registry.reported("resnet50-10ep")["best_valid_accuracy"] == 0.96
     assert registry.reported("resnet50-150ep")["test_accuracy"] == 0.99346
+
+
+def test_the_stain_run_is_run_4_with_stain_augmentation_alone():
+    for profile in ("full", "quick"):
+        final = run_config("resnet50-150ep", profile=profile)
+        stain = run_config("resnet50-stain", profile=profile)
+        differ = {f.name for f in dataclasses.fields(final) if getattr(final, f.name) != getattr(stain, f.name)}
+        assert differ == {"run", "notebook", "order", "title", "hed_scale", "hed_shift"}, differ
+        assert stain.hed_scale > 0 and stain.hed_shift > 0
 
 
 @pytest.mark.skipif(not SEED_EPOCHS.exists(), reason=f"{SEED_EPOCHS} is absent (only beside the project's own checkout)")

@@ -151,3 +151,13 @@ def test_a_missing_second_test_set_is_named_before_any_training(tmp_path, monkey
         pipeline.run_all({"data_dir": str(tmp_path), "runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
                           "second_test": str(tmp_path / "elsewhere")})  # fmt: skip
     assert not Path(tmp_path / "runs").exists() or not any(Path(tmp_path / "runs").iterdir())
+
+
+def test_the_report_table_names_a_difference_only_where_its_interval_excludes_zero():
+    table = results.comparisons_table([_comparison(True), _comparison(False) | {"on": "second", "n": 40}])
+    rows = [line for line in table.splitlines() if line.startswith("| run-b")]
+    assert len(rows) == 2
+    assert "| held-out |" in rows[0] and "**more accurate, ranks better**" in rows[0] and "+5.00 [+2.00, +8.00]" in rows[0]
+    assert "| second set |" in rows[1] and "**not told apart**" in rows[1]
+    assert "A difference is named only where its interval excludes 0" in table and "the held-out tiles (512)" in table
+    assert results.comparisons_table([]) == ""

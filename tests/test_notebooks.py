@@ -39,7 +39,7 @@ def test_a_weights_file_given_to_make_reaches_every_resnet50_run_and_the_report(
         assert "'module.' prefix of every key removed" in result["weights"]["notes"]
         assert "NOTICE" not in _text_outputs(_executed(executed_workbook, registry.run_entry(run)["notebook"]))
     html = (executed_workbook / "reports" / "report.html").read_text()
-    assert f"resnet50-150ep: yes, {resnet50_weights_file.name}" in html, "the provenance table names the file"
+    assert f"resnet50-stain: yes, {resnet50_weights_file.name}" in html, "the provenance table names the file"
     assert str(resnet50_weights_file.parent) not in html, "by its name, not where it lies on this machine"
     assert "Pretrained weights:" in html and "No ImageNet weights" not in html, "the deviations say so"
 
@@ -63,18 +63,42 @@ def test_evaluation_writes_the_submission_and_scores(executed_workbook):
     assert all(f"{run}, best checkpoint" in text for run in registry.run_names()) and "majority-class rate" in text
 
 
+def test_evaluation_gives_intervals_comparisons_the_second_set_and_test_time_augmentation(executed_workbook):
+    evaluation = json.loads((executed_workbook / "reports" / "evaluation.json").read_text())
+    assert evaluation["second_test"]["n"] == 16 and "tiny-other-lab" in evaluation["second_test"]["scored_on"]
+    for run, scored in evaluation["runs"].items():
+        for metrics in (scored["metrics"], scored["second"]["metrics"]):
+            for name in ("accuracy", "balanced_accuracy", "roc_auc"):
+                interval = metrics["intervals"][name]
+                assert interval is None or interval["low"] <= metrics[name] <= interval["high"], (run, name)
+            assert "2,000 resamples" in metrics["intervals"]["method"]
+        assert scored["second"]["n"] == 16 and scored["calibration"]["n"] == 24
+        assert (scored["tta"] is not None) == (run == registry.final_run()), "TTA=final: the final run alone"
+    pairs = {(c["a"], c["b"], c["on"]) for c in evaluation["comparisons"]}
+    assert ("resnet50-150ep", "resnet50-stain", "second") in pairs and ("baseline", "resnet50-stain", "test") in pairs
+    assert ("resnet50-150ep", "resnet50-150ep with test-time augmentation", "test") in pairs
+    assert all("told_apart" in c["accuracy"] and "p_value" in c["accuracy"]["mcnemar"] for c in evaluation["comparisons"])
+    rows = (executed_workbook / "reports" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "run,set,id,label,prediction,score_class1,tta_score_class1"
+    assert len(rows) == 1 + len(registry.run_names()) * (24 + 16)
+    text = _text_outputs(_executed(executed_workbook, "06_evaluation.ipynb"))
+    assert "against resnet50-150ep" in text and ("not told apart" in text or "more accurate" in text or "less accurate" in text)
+
+
 def test_report_html_has_no_code_embeds_its_figures_and_loads_nothing(executed_workbook):
     html = (executed_workbook / "reports" / "report.html").read_text()
     for section in ("Summary", "The runs", "Reported by the original versus measured here", "Convolution filters before and after training",
                     "Feature maps of one test tile through the baseline", "Grad-CAM of the final ResNet50",
                     "Evaluation on the test tiles", "submission.csv (24 rows), first lines", "# Id,Values",
                     "All runs compared", "Appendix", "Environment", "Provenance", "Input notes", "workbook_commit",
-                    "Deviations from the original"):  # fmt: skip
+                    "Deviations from the original", "Are the differences real?", "Another laboratory's stain",
+                    "McNemar's exact p", "expected calibration error", "Test-time augmentation", "Beyond the original"):  # fmt: skip
         assert section in html, section
     assert "from lib" not in html and "load_all(" not in html and 'class="highlight' not in html, "code cells must not appear"
     images = re.findall(r'<img [^>]*src="([^"]+)"', html)
-    # curves per run, all runs compared, filters of two runs in one, feature maps, Grad-CAM, confusion matrix beside ROC, tile grid
-    assert len(images) >= 4 + 1 + 1 + 1 + 1 + 1 + 1 and all(src.startswith("data:image/png;base64,") for src in images)
+    # curves per run, all runs compared, two laboratories, filters of two runs in one, feature maps, Grad-CAM, confusion matrix
+    # beside ROC, reliability diagram, tile grid
+    assert len(images) >= 5 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 and all(src.startswith("data:image/png;base64,") for src in images)
     external = re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="(https?:[^"]+)"', html)
     assert external == [], external
     assert "47.92 %" in html, "the original's reported baseline figure is read from the registry"

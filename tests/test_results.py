@@ -56,11 +56,11 @@ def test_the_summary_table_scores_every_run_beside_its_majority_rate_and_names_a
     text = results.headline(_facts(runs, evaluation), evaluation)
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
     assert len(rows) == 1 + len(runs), "one header and one row per run"
-    assert "| accuracy | balanced accuracy | ROC-AUC | majority rate |" in rows[0]
+    assert "| best valid acc (majority rate) | accuracy | ROC-AUC | time |" in rows[0]
     final_row = next(r for r in rows if r.startswith(f"| {registry.final_run()} |"))
-    assert "90.00 % **predicts class 0 for every tile**" in final_row and "| 50.00 % | 0.500 | 90.00 % |" in final_row
+    assert "90.00 % **predicts class 0 for every tile** | 0.500 |" in final_row
     assert "70.00 % (53.12 %)" in final_row, "the best validation accuracy beside its split's majority rate"
-    assert "scored on the 100 test tiles (90 of class 0, 10 of class 1):" in text
+    assert "scored on the 100 test tiles (90 of class 0, 10 of class 1) (majority-class rate 90.00 %):" in text, "said once: the same tiles"
     assert "mean of batch accuracies" in text, "the history's metric is named"
     assert "majority-class rate 90.00 %: 90 tiles of class 0, 10 of class 1" in text and "it predicts class 0 for every tile" in text
     assert "**Submission** (100 rows" in text and "the original's course form" in text
@@ -179,13 +179,13 @@ def test_a_notice_for_several_runs_is_said_once_naming_them():
     facts = _facts(runs)
     text = results.weights_notices(facts)
     assert text.count("trained ResNet50 from scratch") == 1 and "NOTICE" not in text
-    assert text.startswith(f"*{resnets[0]}, {resnets[1]} and {resnets[2]} trained ResNet50 from scratch: its ImageNet weights were not found")
+    assert text.startswith(f"*{results.names(resnets)} trained ResNet50 from scratch: its ImageNet weights were not found")
     assert all("not found" not in results.run_section(f) for f in facts.values()), "not repeated under each run"
     runs[resnets[0]].summary["weights"] = {"pretrained": True, "source": "/home/alice/resnet50-user.pth", "notes": "head left out",
                                            "notice": "Pretrained weights from /home/alice/resnet50-user.pth: head left out."}  # fmt: skip
     text = results.weights_notices(_facts(runs))
     assert f"*{resnets[0]} started from pretrained weights in resnet50-user.pth: head left out.*" in text
-    assert f"*{resnets[1]} and {resnets[2]} trained ResNet50 from scratch" in text
+    assert f"*{results.names(resnets[1:])} trained ResNet50 from scratch" in text
     assert results.weights_notices(_facts({run: _result(run) for run in registry.run_names()})) == "", "nothing to say"
 
 

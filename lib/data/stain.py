@@ -341,3 +341,28 @@ def run_stain_target(method: str, reference: str, tiles: torch.Tensor | None = N
         return fit_stain_target(method, sample, f"{len(rows)} of the run's training tiles (seed {seed})")
     except ValueError as error:
         raise ValueError(f"{error}; give parameter stain_reference an image of the stain to normalise to") from None
+
+
+def stain_draws(config, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """What a run's HED augmentation does to one tile: the run's first labelled tile (3, S, S)
+    uint8 at its tile size S (the data's own, 256, when tile_size is 0), `n` draws of its stain at
+    the run's hed_scale and hed_shift (n, 3, S, S) float in [0, 1] from a generator seeded with
+    `seed` (the run's own draws are not touched), and a caption per draw giving its haematoxylin and
+    eosin factors and shifts. For the run notebook's figure (figures.plot_stain_draws).
+    Raises what lib.data.read_run_layout and decode_tiles raise for an unreadable data set."""
+    from lib.data.decode import TILE_SIZE
+    from lib.data.cache import decode_tiles
+    from lib.data.tiles import read_run_layout
+
+    index = read_run_layout(config)
+    size = config.tile_size or TILE_SIZE
+    tiles, _, _ = decode_tiles(index.train_paths[:1], size, desc="decoding the tile shown", cache_dir=None, multi_page=config.multi_page,
+                               non_square=config.non_square)  # fmt: skip
+    params = draw_hed_params(n, config.hed_scale, config.hed_shift, torch.Generator().manual_seed(seed))
+    draws = hed_augment(tiles.float().div(255).expand(n, -1, -1, -1), config.hed_scale, config.hed_shift, params=params)
+
+    def signed(value: float) -> str:
+        return f"{value:+.3f}".replace("-", "\u2212")
+
+    captions = [f"H \u00d7{a[0]:.2f} {signed(b[0])}\nE \u00d7{a[1]:.2f} {signed(b[1])}" for a, b in zip(params.scale.tolist(), params.shift.tolist())]
+    return tiles[0], draws, captions

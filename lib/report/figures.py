@@ -121,6 +121,32 @@ def plot_two_labs(scores: dict[str, tuple[dict, dict | None]], same: str = "same
     return fig
 
 
+def plot_differences(comparisons: list[dict], second: str = "second set"):
+    """Each compared pair of runs (lib/report/evaluate.py compare_evaluations' items), later minus
+    earlier on the same tiles, as a point with its paired 95 % interval: accuracy in points on the
+    left, ROC-AUC on the right, a line at 0 (no difference). A row whose interval excludes 0 is drawn
+    dark, one that does not in grey. Returns the figure."""
+    rows = [c for c in comparisons if c["on"] == "test"] + [c for c in comparisons if c["on"] != "test"]
+    labels = [f"{c['b']} \u2212 {c['a']}" + ("" if c["on"] == "test" else f" ({second})") for c in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.8 + 0.24 * len(rows)), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, (key, scale, unit) in zip(axes, (("accuracy", 100, "accuracy difference, points"), ("roc_auc", 1, "ROC-AUC difference"))):
+        for yy, c in zip(y, rows):
+            d = c.get(key) or {}
+            if d.get("value") is None or d.get("low") is None:
+                continue
+            color = "black" if d.get("told_apart") else "0.6"
+            ax.plot([scale * d["low"], scale * d["high"]], [yy, yy], color=color, linewidth=1.5)
+            ax.plot([scale * d["value"]], [yy], "o", color=color, markersize=4)
+        ax.axvline(0, color="tab:red", linewidth=0.8)
+        ax.set_xlabel(unit, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, labels, fontsize=7)
+    axes[0].set_title("later run minus earlier, on the same tiles (black: interval excludes 0)", fontsize=9, loc="left")
+    fig.tight_layout()
+    return fig
+
+
 def plot_stain_draws(tile: torch.Tensor, draws: torch.Tensor, captions: list[str], title: str = ""):
     """A tile (3, H, W) uint8 and its stain augmentation draws (N, 3, H, W) float in [0, 1], side by
     side, each captioned (its draw's factors). Returns the figure."""
@@ -306,7 +332,7 @@ def plot_reliability(calib: dict, title: str = ""):
     Returns the figure."""
     bins = calib["bins"]
     filled = [b for b in bins if b["count"]]
-    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(4.2, 4.6), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(3.6, 3.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     ax.bar([b["lower"] for b in filled], [b["observed"] for b in filled], [b["upper"] - b["lower"] for b in filled],
            align="edge", color="tab:blue", alpha=0.3, edgecolor="tab:blue", label="per bin")  # fmt: skip
     ax.plot([b["mean_predicted"] for b in filled], [b["observed"] for b in filled], "o", color="tab:blue", markersize=4,

@@ -122,7 +122,7 @@ def run_figures(f: RunFacts) -> str:
              f"on {f.environment.get('device', 'cpu')}.")  # fmt: skip
     if f.held_out:
         where = "test tiles" if f.held_out.scored_on == "test" else "validation split (no labelled test set)"
-        text += f" Best checkpoint on the {where}: {scores_text(f.held_out.metrics)}."
+        text += f" Best checkpoint on the {where}: {scores_text(f.held_out.metrics, with_method=False)}."
     return text
 
 
@@ -279,20 +279,29 @@ def second_set_name(evaluation: dict) -> str | None:
 
 def runs_table(facts: dict[str, RunFacts], evaluation: dict) -> str:
     """The report's one table of every run, as Markdown: its validation accuracy (the original's
-    metric) beside that split's majority rate, and its best checkpoint's accuracy, balanced accuracy
-    and ROC-AUC on the held-out tiles, each with its 95 % interval, the majority-class rate of those
-    tiles, and, where a second test set was scored (another laboratory's stain), its accuracy and
-    ROC-AUC there with their intervals; time."""
-    same = _same_tiles(_run_scores(evaluation))
+    metric) beside that split's majority rate, its best checkpoint's accuracy and ROC-AUC on the
+    held-out tiles with their 95 % intervals, and, where a second test set was scored (another
+    laboratory's stain), the same two there; time. Every run scored on the same tiles: their
+    majority-class rate is said once above the table; otherwise each row gives its tiles and rate.
+    Balanced accuracy is in the evaluation's table (scores_table)."""
+    scores = _run_scores(evaluation)
+    same = _same_tiles(scores)
     second = second_set_name(evaluation)
-    where = f"on {same}" if same else "on the tiles named in each row"
-    head = "| run | epochs | best valid acc (majority rate) | accuracy | balanced accuracy | ROC-AUC | majority rate |"
-    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+    method = next(((f.held_out.metrics.get("intervals") or {}).get("method") for f in facts.values() if f.held_out), None)
+    rates = sorted({f.held_out.metrics["majority_rate"] for f in facts.values() if f.held_out})
+    second_rates = sorted({f.held_out.second["majority_rate"] for f in facts.values() if f.held_out and f.held_out.second})
+    where = f"on {same} (majority-class rate {_percent(rates[0])})" if same and len(rates) == 1 else "on the tiles named in each row"
+    if second:
+        where += f" and on the {second}" + (f" (majority-class rate {_percent(second_rates[0])})" if len(second_rates) == 1 else "")
+    head = "| run | epochs | best valid acc (majority rate) | accuracy | ROC-AUC |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if not same:
+        head, rule = head + " majority rate |", rule + " --- |"
     if second:
         head += " second set: accuracy | second set: ROC-AUC |"
         rule += " --- | --- |"
-    lines = [f"Every run's best checkpoint scored {where}" + (f", and on the second test set ({second})" if second else "")
-             + "; in brackets, 95 % intervals:", "", head + " time |", rule + " --- |"]  # fmt: skip
+    lines = [f"Every run's best checkpoint scored {where}" + ("; in brackets, 95 % intervals:" if method else ":"), "",
+             head + " time |", rule + " --- |"]  # fmt: skip
     for run, f in facts.items():
         m = f.held_out.metrics if f.held_out else None
         valid = _percent(f.best_valid_accuracy) + (f" ({_percent(f.valid_majority_rate)})" if f.valid_majority_rate is not None else "")
@@ -301,18 +310,17 @@ def runs_table(facts: dict[str, RunFacts], evaluation: dict) -> str:
             if not same:
                 where = "test" if f.held_out.scored_on == "test" else "validation split"
                 accuracy += f" ({where}, {m['n']} tiles: {m['class_counts'][0]} / {m['class_counts'][1]})"
-            cells = [accuracy, _with_interval(m, "balanced_accuracy"), _with_interval(m, "roc_auc"), _percent(m["majority_rate"])]
+            cells = [accuracy, _with_interval(m, "roc_auc")] + ([] if same else [_percent(m["majority_rate"])])
         else:
-            cells = ["not scored (no labels)", "", "", ""]
+            cells = ["not scored (no labels)", ""] + ([] if same else [""])
         if second:
             other = f.held_out.second if f.held_out else None
             cells += [_with_interval(other, "accuracy"), _with_interval(other, "roc_auc")] if other else ["", ""]
         time = _duration(f.elapsed_s).replace(" ", NBSP)
         lines.append(f"| {run} | {f.epochs} | {valid} | " + " | ".join(cells) + f" | {time} |")
-    method = next(((f.held_out.metrics.get("intervals") or {}).get("method") for f in facts.values() if f.held_out), None)
     lines += ["", "*Valid acc* is the original's metric, the mean of batch accuracies over the full batches of the validation split "
                   "(the history keeps it so). *Majority rate*: the accuracy of predicting the more frequent class for every one of the "
-                  "same tiles. *Balanced accuracy*: the mean of the two classes' recalls (0.5 for any one-class predictor)."
+                  "same tiles. Balanced accuracy (the mean of the two classes' recalls) is in the evaluation's table."
                   + (f" *Intervals*: {method}." if method else "")]  # fmt: skip
     return "\n".join(lines)
 
@@ -330,10 +338,10 @@ def scores_table(evaluation: dict) -> pd.DataFrame:
             "run": run,
             "scored on": "test tiles" if scored["scored_on"] == "test" else scored["scored_on"],
             "tiles (class 0 / 1)": f"{m['n']} ({m['class_counts'][0]} / {m['class_counts'][1]})",
-            "accuracy [95 %]": _with_interval(m, "accuracy"),
+            "accuracy": _with_interval(m, "accuracy"),
             "majority rate": _percent(m["majority_rate"]),
-            "balanced accuracy [95 %]": _with_interval(m, "balanced_accuracy"),
-            "ROC-AUC [95 %]": _with_interval(m, "roc_auc"),
+            "balanced accuracy": _with_interval(m, "balanced_accuracy"),
+            "ROC-AUC": _with_interval(m, "roc_auc"),
             "predicted (0 / 1)": f"{m['predicted_counts'][0]} / {m['predicted_counts'][1]}",
             "note": m["one_class"],
         })  # fmt: skip
@@ -756,15 +764,65 @@ def two_labs_alt(facts: dict[str, RunFacts], evaluation: dict) -> str:
             f"(blue circles) and on the {second_set_name(evaluation) or 'second test set'} (red squares).")  # fmt: skip
 
 
+def verdict(c: dict) -> str:
+    """A compared pair's verdict in words: what its intervals tell apart, or that nothing is."""
+    acc, auc = c["accuracy"], c.get("roc_auc") or {}
+    said = []
+    if acc.get("told_apart"):
+        said.append("more accurate" if acc["value"] > 0 else "less accurate")
+    if auc.get("told_apart"):
+        said.append("ranks better" if auc["value"] > 0 else "ranks worse")
+    return ", ".join(said) if said else "not told apart"
+
+
+def comparisons_table(comparisons: list[dict], evaluation: dict | None = None) -> str:
+    """Pairs of runs compared on the same tiles as a Markdown table, one row per pair and set of
+    tiles: later minus earlier, the accuracy difference in points with its paired 95 % interval and
+    McNemar's exact p, the ROC-AUC difference with its paired interval, and the verdict (verdict: a
+    difference is named only where its interval excludes 0); the tiles and methods said once below
+    it. "" without comparisons."""
+    if not comparisons:
+        return ""
+    lines = ["| later \u2212 earlier | tiles | accuracy, points | McNemar p | ROC-AUC | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    for c in [c for c in comparisons if c["on"] == "test"] + [c for c in comparisons if c["on"] != "test"]:
+        acc, auc, mc = c["accuracy"], c.get("roc_auc") or {}, c["accuracy"].get("mcnemar", {})
+        auc_text = (f"{_signed(auc['value'], 1, 3)} [{_signed(auc['low'], 1, 3)}, {_signed(auc['high'], 1, 3)}]"
+                    if auc.get("value") is not None and auc.get("low") is not None else "undefined")  # fmt: skip
+        lines.append(f"| {c['b']} \u2212 {c['a']} | {'held-out' if c['on'] == 'test' else 'second set'} | {_signed(acc['value'], 100, 2)} "
+                     f"[{_signed(acc['low'], 100, 2)}, {_signed(acc['high'], 100, 2)}] | {mc.get('p_value', float('nan')):.3g} | {auc_text} | "
+                     f"**{verdict(c)}** |")  # fmt: skip
+    sets = {c["on"]: c["n"] for c in comparisons}
+    tiles = ", ".join(f"{'the held-out tiles' if on == 'test' else (second_set_name(evaluation or {}) or 'the second test set')} ({n})"
+                      for on, n in sets.items())  # fmt: skip
+    lines += ["", f"*Later minus earlier on the same tiles: {tiles}; in brackets, paired 95 % intervals ({_methods_short(comparisons)}). "
+                  "A difference is named only where its interval excludes 0 (for accuracy, with McNemar's exact p below 0.05 too).*"]
+    return "\n".join(lines)
+
+
+def _methods_short(comparisons: list[dict]) -> str:
+    """The comparisons' methods in a clause, read from their own method sentences (lib/stats.py)."""
+    accuracy = {c["accuracy"].get("method", "") for c in comparisons}
+    auc = {(c.get("roc_auc") or {}).get("method", "") for c in comparisons}
+    grouped = any("group" in m for m in accuracy | auc)
+    resamples = sorted({c["accuracy"].get("n_resamples") for c in comparisons if c["accuracy"].get("n_resamples")})
+    said = [f"accuracy: paired percentile bootstrap{' of groups' if grouped else ''}"
+            + (f", {resamples[0]:,} resamples" if len(resamples) == 1 else "") + ", and McNemar's exact test"]
+    if any("DeLong" in m for m in auc):
+        said.append("ROC-AUC: DeLong's paired variance" + (" (tiles without groups)" if grouped else ""))
+    if any("bootstrap" in m for m in auc):
+        said.append("ROC-AUC: paired bootstrap of groups")
+    return "; ".join(said)
+
+
 def differences_text(evaluation: dict) -> str:
-    """Every pair of runs compared on the same tiles (comparison_lines), as Markdown paragraphs;
+    """Every pair of runs compared on the same tiles, as a Markdown table (comparisons_table);
     test-time augmentation's comparisons are left to tta_text."""
     from lib.report.evaluate import TTA_SUFFIX
 
     pairs = [c for c in evaluation.get("comparisons") or [] if not c["b"].endswith(TTA_SUFFIX)]
     if not pairs:
         return "No runs were compared on the same labelled tiles (the evaluation found no labels to score them on)."
-    return "\n\n".join(comparison_lines(pairs, evaluation))
+    return comparisons_table(pairs, evaluation)
 
 
 def calibration_text(f: RunFacts) -> str:
@@ -787,7 +845,7 @@ def tta_text(evaluation: dict) -> str:
     if not pairs:
         return ""
     return ("**Test-time augmentation** (the mean probability over each tile's 8 flips and right-angle rotations) against the plain "
-            "prediction:\n\n" + "\n\n".join(comparison_lines(pairs, evaluation)))  # fmt: skip
+            "prediction of the same run:\n\n" + comparisons_table(pairs, evaluation))  # fmt: skip
 
 
 def calibration_alt(f: RunFacts) -> str:
@@ -796,3 +854,13 @@ def calibration_alt(f: RunFacts) -> str:
         return ""
     return (f"Reliability diagram of {f.run}: for each of {c['n_bins']} bins of the predicted probability of class 1, the fraction of "
             f"tiles that were of class 1, against the diagonal of perfect calibration; expected calibration error {c['ece']:.3f}.")
+
+
+def differences_alt(evaluation: dict) -> str:
+    from lib.report.evaluate import TTA_SUFFIX
+
+    pairs = [c for c in evaluation.get("comparisons") or [] if not c["b"].endswith(TTA_SUFFIX)]
+    told = [c for c in pairs if verdict(c) != "not told apart"]
+    return (f"{len(pairs)} comparisons of two runs on the same tiles, each the later run's accuracy (left, in points) and ROC-AUC "
+            f"(right) minus the earlier's, as a point with its paired 95 % interval beside a red line at 0; {len(told)} of them "
+            "exclude 0 and are drawn black, the others grey.")  # fmt: skip
