@@ -27,3 +27,13 @@ def test_real_colon_tissue_is_learned_with_a_grouped_split(tmp_path):
     assert summary["data_layout"] == "csv" and summary["split"].startswith("grouped (leak-free)")
     assert summary["n_train"] + summary["n_valid"] == 2000
     assert summary["best_valid_accuracy"] >= 0.85, summary
+    # Scored on its own validation split (the CSV layout has no test set), whose tiles carry their source tiles as groups:
+    # the intervals resample groups, not tiles, and say so.
+    from lib.report.evaluate import evaluate_runs
+
+    evaluation = evaluate_runs(tmp_path, ["baseline"], tta="none", second_test="")["baseline"]
+    assert evaluation.scored.groups is not None and len(evaluation.scored.groups) == summary["n_valid"]
+    intervals = evaluation.metrics["intervals"]
+    assert intervals["unit"] == "groups" and "groups" in intervals["method"], intervals["method"]
+    assert intervals["n_units"] == len(set(evaluation.scored.groups)) < summary["n_valid"]
+    assert intervals["accuracy"]["low"] <= evaluation.metrics["accuracy"] <= intervals["accuracy"]["high"]

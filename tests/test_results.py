@@ -8,6 +8,8 @@ from lib.report import results
 from lib.report.facts import COMPARED_FIELDS, all_run_facts, run_facts
 from lib.config import run_config
 from lib.metrics import score_predictions
+from lib.report.evaluate import compared_pairs
+from lib.stats import compare_runs
 from lib.training.run_folder import RunResult
 
 
@@ -34,7 +36,7 @@ def _facts(runs: dict[str, RunResult], evaluation: dict | None = None):
 def _evaluation(final_zero: bool) -> dict:
     rng = np.random.default_rng(0)
     labels = np.array([0] * 90 + [1] * 10)
-    runs = {}
+    runs, predicted = {}, {}
     for k, run in enumerate(registry.run_names()):
         if run == registry.final_run() and final_zero:
             predictions, scores = np.zeros(100, dtype=np.int64), np.full(100, 0.3)
@@ -43,11 +45,17 @@ def _evaluation(final_zero: bool) -> dict:
             predictions = (scores > 0.5).astype(np.int64)
         runs[run] = {"scored_on": "test", "checkpoint": f"/r/{run}/best.pt", "best_epoch": 1,
                      "metrics": {"n_test": 100, "scored_on": "test"} | score_predictions(labels, predictions, scores)}  # fmt: skip
+        predicted[run] = (predictions, scores)
+    # The pairs the evaluation compares, by the real paired statistics (lib/stats.py)
+    names = registry.run_names()
+    pairs = compared_pairs(names, {run: "baseline" if run == "baseline" else "resnet50" for run in names})
+    comparisons = [{"a": a, "b": b, "on": "test", "n": 100} | compare_runs(labels, predicted[a], predicted[b]) for a, b in pairs]
     final = runs[registry.final_run()]
     submission = {"path": "/s.csv", "form": "course", "header": "# Id,Values", "values": "the predicted label, 0 or 1",
                   "why": "the original's course form", "rows": 100, "left_out": 0}  # fmt: skip
     return {"run": registry.final_run(), "n_test": 100, "scored_on": "test", "best_epoch": 1, "metrics": final["metrics"],
-            "runs": runs, "submission": submission, "first_five": "Example prediction, 5 items from front : [0, 0, 0, 0, 0]"}  # fmt: skip
+            "runs": runs, "submission": submission, "first_five": "Example prediction, 5 items from front : [0, 0, 0, 0, 0]",
+            "comparisons": comparisons}  # fmt: skip
 
 
 def test_the_summary_table_scores_every_run_beside_its_majority_rate_and_names_a_one_class_model():
@@ -71,12 +79,14 @@ def test_quick_story_reads_the_measured_scores_and_names_what_needs_more():
     runs = {run: _result(run) for run in registry.run_names()}
     evaluation = _evaluation(final_zero=False)
     story = results.quick_story(_facts(runs, evaluation), evaluation)
-    assert story.startswith("**What the quick runs show:** The final ResNet50 ")
-    assert "the longer ResNet50 runs improve on the shortest" in story and "ImageNet weights (`make weights`" in story
-    assert "need the full profile (a GPU)" in story
+    # Every claim rests on a paired comparison: 100 tiles with 10 of class 1 tell these runs apart from nothing.
+    assert story.startswith("**What the quick runs show:** The final ResNet50 is not told apart from the small baseline CNN (ROC-AUC ")
+    assert "paired 95 % interval" in story and "beats" not in story and "improve on" not in story
+    assert "resnet50-100ep, is not told apart from the shortest, resnet50-10ep" in story
+    assert "ImageNet weights (`make weights`" in story and "need the full profile (a GPU)" in story
     zero_evaluation = _evaluation(final_zero=True)
     zero = results.quick_story(_facts(runs, zero_evaluation), zero_evaluation)
-    assert "does not beat the small baseline CNN" in zero and "do not improve on the shortest" in zero
+    assert "The final ResNet50 ranks the held-out tiles worse than the small baseline CNN (ROC-AUC \u2212" in zero, "its interval excludes 0"
     pretrained = {run: _result(run, pretrained=True) for run in registry.run_names()}
     assert "ImageNet weights" not in results.quick_story(_facts(pretrained, evaluation), evaluation)
     assert results.quick_story(_facts({run: _result(run, profile="full") for run in registry.run_names()}, evaluation), evaluation) == ""

@@ -390,6 +390,13 @@ def keeps_relation(facts: dict[str, RunFacts]) -> bool:
     return all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
+def _auc_difference(c: dict) -> str:
+    auc = c.get("roc_auc") or {}
+    if auc.get("value") is None or auc.get("low") is None:
+        return "ROC-AUC difference undefined"
+    return f"ROC-AUC {_signed(auc['value'], 1, 3)} [{_signed(auc['low'], 1, 3)}, {_signed(auc['high'], 1, 3)}], paired 95 % interval"
+
+
 def quick_story(facts: dict[str, RunFacts], evaluation: dict) -> str:
     """For the quick profile, what its runs show of the original's story and what needs the full
     profile or ImageNet weights, from the measured scores. Empty for the full profile."""
@@ -403,12 +410,18 @@ def quick_story(facts: dict[str, RunFacts], evaluation: dict) -> str:
     scratch = any(not facts[run].weights.pretrained for run in resnets)
     shown = []
     baseline = next((run for run, f in facts.items() if f.model == "baseline"), None)
-    if baseline and auc(baseline) is not None and auc(final) is not None:
-        verb = "beats" if auc(final) > auc(baseline) + 0.01 else "does not beat"
-        shown.append(f"the final ResNet50 {verb} the small baseline CNN on the held-out tiles (ROC-AUC {auc(final):.3f} against {auc(baseline):.3f})")
-    if resnets and resnets[0] != final and auc(resnets[0]) is not None and auc(final) is not None:
-        verb = "improve on" if auc(final) > auc(resnets[0]) + 0.01 else "do not improve on"
-        shown.append(f"the longer ResNet50 runs {verb} the shortest ({resnets[0]}: {auc(resnets[0]):.3f}, {final}: {auc(final):.3f})")
+    # Each claim rests on a paired comparison on the same tiles (the evaluation's), never on two point figures.
+    if baseline and _comparison(evaluation, baseline, final, "test"):
+        c = _comparison(evaluation, baseline, final, "test")
+        told = (c.get("roc_auc") or {}).get("told_apart")
+        verb = ("ranks the held-out tiles better than" if c["roc_auc"]["value"] > 0 else "ranks the held-out tiles worse than") if told else \
+            "is not told apart from"
+        shown.append(f"the final ResNet50 {verb} the small baseline CNN ({_auc_difference(c)})")
+    if len(resnets) > 1 and _comparison(evaluation, resnets[0], resnets[1], "test"):
+        c = _comparison(evaluation, resnets[0], resnets[1], "test")
+        told = (c.get("roc_auc") or {}).get("told_apart")
+        verb = ("improves on" if c["roc_auc"]["value"] > 0 else "falls below") if told else "is not told apart from"
+        shown.append(f"the first longer ResNet50 run, {resnets[1]}, {verb} the shortest, {resnets[0]} ({_auc_difference(c)})")
     epochs = ", ".join(str(facts[run].epochs) for run in resnets)
     needs = "the full profile (a GPU)" + (" and ImageNet weights (`make weights`; these ResNet50 runs started from scratch)" if scratch else "")
     shown_text = ("; ".join(shown) + ". ") if shown else ""
@@ -751,10 +764,10 @@ def two_labs_text(facts: dict[str, RunFacts], evaluation: dict) -> str:
     for run, f in facts.items():
         if not beyond_original(f) or run == final:
             continue
-        for on, words in (("second", f"the {second}"), ("test", "the held-out tiles")):
+        for on in ("second", "test"):
             c = _comparison(evaluation, final, run, on)
             if c:
-                lines.append(f"On {words}, " + comparison_sentence(c, evaluation))
+                lines.append(comparison_sentence(c, evaluation))
     return "\n\n".join(line for line in lines if line)
 
 
@@ -833,7 +846,8 @@ def calibration_text(f: RunFacts) -> str:
         return f"{f.run}'s calibration was not measured (no labelled held-out tiles)."
     return (f"**Calibration of {f.run}** on the held-out tiles: expected calibration error {c['ece']:.3f} over {c['n_bins']} equal bins of "
             f"the predicted probability of class 1 (the bin-weighted mean gap between the predicted probability and how often the "
-            f"tiles were of class 1; 0 for a perfectly calibrated model), largest gap in a bin {c['mce']:.3f}. {c.get('method', '')}").strip()
+            f"tiles were of class 1; 0 for a perfectly calibrated model), largest gap in a bin {c['mce']:.3f}. "
+            + (c.get("method", "")[:1].upper() + c.get("method", "")[1:])).strip()
 
 
 def tta_text(evaluation: dict) -> str:
