@@ -26,21 +26,23 @@ def walk_values(tmp_path, data_dir) -> dict:
         "head": "binary", "weights": "none", "weights_path": str(tmp_path / "unused-by-the-small-cnn.pth"), "weights_strict": True,
         "device": "cpu", "precision": "fp32", "input_pipeline": "original", "loader_workers": 1, "runs_dir": str(tmp_path / "runs"),
         "resume": True, "checkpoint_every_s": 0.0, "title": "every parameter, walked",
-        "multi_page": "first", "non_square": "pad",
+        "multi_page": "first", "non_square": "pad", "hed_scale": 0.1, "hed_shift": 0.01,
         # torch.compile costs minutes on this CPU: compile goes through the same path with its default, given explicitly.
         "compile": False,
     }  # fmt: skip
 
 
-# Fields that exclude others in one run (a class_map replaces positive_class; fresh and resume are refused together):
-# walked in a second run.
-ALTERNATES = {"class_map": "benign=0,tumour=1", "group_level": 1, "fresh": True}
-REPLACED_BY_ALTERNATES = ("positive_class", "resume")
+# Fields that exclude others in one run (a class_map replaces positive_class; fresh and resume are refused together;
+# stain normalisation takes the tensor input path): walked in a second run, its stain reference one of the data's tiles.
+ALTERNATES = {"class_map": "benign=0,tumour=1", "group_level": 1, "fresh": True, "stain_normalize": "reinhard", "input_pipeline": "tensor",
+              "stain_reference": None}  # fmt: skip
+REPLACED_BY_ALTERNATES = ("positive_class", "resume", "input_pipeline")
 
 
 def alternate_values(tmp_path, data_dir) -> dict:
     values = {k: v for k, v in walk_values(tmp_path, data_dir).items() if k not in REPLACED_BY_ALTERNATES} | ALTERNATES
-    return values | {"runs_dir": str(tmp_path / "runs-alternate")}
+    reference = next(iter(sorted(Path(data_dir).rglob("*.png"))), None)
+    return values | {"runs_dir": str(tmp_path / "runs-alternate"), "stain_reference": str(reference)}
 
 
 def test_every_field_has_a_walk_value(tmp_path):

@@ -147,23 +147,24 @@ def test_a_figure_change_redraws_every_run_without_training_and_a_loop_change_re
     assert executions == [(notebook, None) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)]
     assert trained == runs
     pipeline.run_all(settings)
-    assert len(executions) == 5, "nothing changed: nothing executes"
+    n = len(notebooks) + 1  # the run notebooks and the evaluation
+    assert len(executions) == n, "nothing changed: nothing executes"
 
     append_code(root, "report/figures.py")
     capsys.readouterr()
     pipeline.run_all(settings)
-    assert executions[5:] == [(notebook, True) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)], (
+    assert executions[n:] == [(notebook, True) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)], (
         "every run notebook redraws from its result; the evaluation draws with figures.py too")
     assert trained == runs, "nothing trained"
     out = capsys.readouterr().out
     assert "=== 01_baseline_cnn.ipynb: training unchanged since its last run; re-executing it to redraw from " in out
     assert f"{Path(settings['runs_dir']) / 'baseline'} without training" in out
     pipeline.run_all(settings)
-    assert len(executions) == 10, "redrawn: nothing to do again"
+    assert len(executions) == 2 * n, "redrawn: nothing to do again"
 
     append_code(root, "training/loop.py")
     pipeline.run_all(settings)
-    assert executions[10:] == [(notebook, None) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)]
+    assert executions[2 * n:] == [(notebook, None) for notebook in notebooks] + [(pipeline.EVALUATION_NOTEBOOK, None)]
     assert trained == runs * 2, "the training loop changed: every run trains again"
 
 
@@ -204,7 +205,8 @@ def test_the_report_is_skipped_when_nothing_it_reads_changed(fake_workbook, monk
     report_notebook.write_text(json.dumps(cells))
     pipeline.run_all(settings)
     pipeline.report(folders)
-    assert executions[5:] == [(pipeline.REPORT_NOTEBOOK, None)] * 2
+    first = len(registry.run_names()) + 1  # after the runs and the evaluation: the reports
+    assert executions[first:] == [(pipeline.REPORT_NOTEBOOK, None)] * 2
     append_code(root, "report/render.py")
     pipeline.report(folders)
     (Path(settings["reports_dir"]) / "report.html").unlink()
@@ -213,5 +215,5 @@ def test_the_report_is_skipped_when_nothing_it_reads_changed(fake_workbook, monk
     pipeline.run_all(settings)
     pipeline.report(folders)
     pipeline.report(folders)
-    assert executions[7:] == [(pipeline.REPORT_NOTEBOOK, None)] * 2 + [(n, None) for n in [*(registry.run_entry(r)["notebook"] for r in
+    assert executions[first + 2:] == [(pipeline.REPORT_NOTEBOOK, None)] * 2 + [(n, None) for n in [*(registry.run_entry(r)["notebook"] for r in
                               registry.run_names()), pipeline.EVALUATION_NOTEBOOK, pipeline.REPORT_NOTEBOOK]]  # fmt: skip
