@@ -734,9 +734,18 @@ def run_all(settings: dict | None = None) -> None:
         require_writable(folder, name)
     require_data(Path(first.data_dir))
     second = str(options.get("second_test") or "")
-    if second and second.lower() not in ("auto", "none") and not Path(second).exists():  # named before hours of training, not after
-        raise FileNotFoundError(f"second_test {second} does not exist (SECOND_TEST= or second_test=: a second labelled test set in any "
-                                f"supported layout; relative paths are read from {PROJECT_ROOT}; '' for none)")  # fmt: skip
+    if second and second.lower() not in ("auto", "none"):  # read now, before hours of training, not after them
+        if not Path(second).exists():
+            raise FileNotFoundError(f"second_test {second} does not exist (SECOND_TEST= or second_test=: a second labelled test set in any "
+                                    f"supported layout; relative paths are read from {PROJECT_ROOT}; '' for none)")  # fmt: skip
+        from lib.data.layouts import LayoutError
+        from lib.report.evaluate import second_test_tiles
+
+        try:
+            second_test_tiles(first, second)
+        except (LayoutError, ValueError) as error:
+            message = str(error) if str(error).startswith("second_test=") else f"second_test={second}: {error}"
+            raise ParameterError(f"{message} (SECOND_TEST= or second_test=; '' for none)") from None
     with held_for_children(pipeline_locks(Path(first.runs_dir), executed_dir.parent, "make run-all")):
         ensure_data(Path(first.data_dir))
         data = data_fingerprint(read_run_layout(first))

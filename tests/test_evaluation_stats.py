@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lib.config import ParameterError, run_config
+from lib.data.layouts import LayoutError
 from lib.metrics import score_predictions, scores_text
 from lib.report import results
 from lib.report.evaluate import DIHEDRAL, compared_pairs, dihedral, predict_tiles, resolve_second_test, second_test_tiles
@@ -89,9 +90,18 @@ def test_a_second_test_set_in_the_course_layout_is_scored_on_its_test_tiles(tmp_
         write_tile(root / "test" / f"{i}.png", 10 + i)
     (root / "train_label.csv").write_text("id,label\n1,0\n2,1\n3,0\n")
     (root / "test_label.csv").write_text("id,label\n1,1\n2,1\n3,0\n")
-    config = run_config("baseline", profile="quick", data_dir=str(root))
+    config = run_config("baseline", profile="quick", data_dir=str(tmp_path))
     tiles = second_test_tiles(config, root)
     assert tiles.labels.tolist() == [1, 1, 0] and "3 test tiles" in tiles.scored_on
+    with pytest.raises(ValueError, match="is the runs' own data set"):
+        second_test_tiles(run_config("baseline", profile="quick", data_dir=str(root)), root)
+
+
+def test_a_second_set_whose_labels_would_be_guessed_against_its_folder_names_is_refused(tmp_path):
+    class_folders(tmp_path / "other", {"cancer": 2, "normal": 2})  # alphabetically, cancer would become class 0
+    config = run_config("baseline", profile="quick", data_dir=str(tmp_path / "home"))
+    with pytest.raises(LayoutError, match="its labels are not certain: .*path,label"):
+        second_test_tiles(config, tmp_path / "other")
 
 
 def test_a_missing_second_test_set_is_named(tmp_path):
@@ -159,5 +169,26 @@ def test_the_report_table_names_a_difference_only_where_its_interval_excludes_ze
     assert len(rows) == 2
     assert "| held-out |" in rows[0] and "**more accurate, ranks better**" in rows[0] and "+5.00 [+2.00, +8.00]" in rows[0]
     assert "| second set |" in rows[1] and "**not told apart**" in rows[1]
-    assert "A difference is named only where its interval excludes 0" in table and "the held-out tiles (512)" in table
+    assert "A difference is named only where its interval excludes 0" in table and "the 512 held-out tiles" in table
     assert results.comparisons_table([]) == ""
+
+
+def test_two_runs_with_the_same_predictions_are_said_to_be_the_same():
+    same = {"a": "run-a", "b": "run-b", "on": "test", "n": 512,
+            "accuracy": {"value": 0.0, "low": 0.0, "high": 0.0, "told_apart": False, "mcnemar": {"b": 0, "c": 0, "n_discordant": 0, "p_value": 1.0}},
+            "roc_auc": {"value": 0.0, "low": 0.0, "high": 0.0, "told_apart": False}}  # fmt: skip
+    assert results.verdict(same) == "the same predictions"
+    assert results.verdict(_comparison(False)) == "not told apart"
+
+
+def test_an_unreadable_second_test_set_is_refused_before_any_training(tmp_path, monkeypatch):
+    from lib import pipeline
+
+    (tmp_path / "nolabels" / "test").mkdir(parents=True)
+    write_tile(tmp_path / "nolabels" / "test" / "1.png", 1)
+    class_folders(tmp_path / "home", {"normal": 3, "tumour": 3})
+    monkeypatch.setattr(pipeline, "require_kernel", lambda: None)
+    monkeypatch.setattr(pipeline, "_run_if_changed", lambda *a, **k: pytest.fail("a notebook ran"))
+    with pytest.raises(ParameterError, match="(?s)second_test=.*nolabels: .*matches no layout.*SECOND_TEST="):
+        pipeline.run_all({"data_dir": str(tmp_path / "home"), "runs_dir": str(tmp_path / "runs"), "reports_dir": str(tmp_path / "reports"),
+                          "second_test": str(tmp_path / "nolabels")})  # fmt: skip

@@ -68,7 +68,7 @@ def test_the_summary_table_scores_every_run_beside_its_majority_rate_and_names_a
     final_row = next(r for r in rows if r.startswith(f"| {registry.final_run()} |"))
     assert "90.00 % **predicts class 0 for every tile** | 0.500 |" in final_row
     assert "70.00 % (53.12 %)" in final_row, "the best validation accuracy beside its split's majority rate"
-    assert "scored on the 100 test tiles (90 of class 0, 10 of class 1) (majority-class rate 90.00 %):" in text, "said once: the same tiles"
+    assert "scored on the 100 test tiles (90 of class 0, 10 of class 1; majority-class rate 90.00 %):" in text, "said once: the same tiles"
     assert "mean of batch accuracies" in text, "the history's metric is named"
     assert "majority-class rate 90.00 %: 90 tiles of class 0, 10 of class 1" in text and "it predicts class 0 for every tile" in text
     assert "**Submission** (100 rows" in text and "the original's course form" in text

@@ -121,13 +121,22 @@ def second_test_tiles(config, data_dir: str | Path) -> LabelledTiles:
     `data_dir`, in any supported layout, read with the run's own layout parameters (class_map,
     positive_class, group_level): its test tiles when it has labelled ones, else every labelled tile
     it holds (none of them was trained on: it is not the run's data set). Raises FileNotFoundError
-    naming a missing folder, LayoutError (lib/data/layouts.py) for a set the readers cannot read or
-    one without labels."""
+    naming a missing folder, ValueError when it is the runs' own data set, LayoutError
+    (lib/data/layouts.py) for a set the readers cannot read, one without labels, or one whose labels
+    were guessed with a warning (class folders read alphabetically against their names)."""
     path = resolve(data_dir)
     if not path.exists():
         raise FileNotFoundError(f"second_test={data_dir}: no such file or folder (a second labelled test set in any supported layout; "
                                 "'' for none)")  # fmt: skip
+    if path == resolve(config.data_dir):
+        raise ValueError(f"second_test={data_dir} is the runs' own data set: its tiles trained and validated them; a second test set "
+                         "is another set of labelled tiles (another laboratory's, scanner's or hospital's)")  # fmt: skip
     index = read_run_layout(dataclasses.replace(config, data_dir=str(path)))
+    if index.warnings:
+        # Its labels must be certain: the runs' class_map and positive_class may not apply to its folders (a course-layout
+        # run refuses them), and an alphabetical guess can invert every label of the set.
+        raise LayoutError(f"second_test={data_dir}: its labels are not certain: {' '.join(index.warnings)} Give the second set its "
+                          "labels explicitly: a CSV file with path,label columns (1 is cancer), as SECOND_TEST=that/file.csv")  # fmt: skip
     if index.test_paths and index.test_labels is not None:
         return LabelledTiles(list(index.test_ids), list(index.test_paths), np.asarray(index.test_labels, dtype=np.int64), None,
                              f"second test set ({path.name}, its {len(index.test_paths)} test tiles)")  # fmt: skip

@@ -116,8 +116,10 @@ def plot_two_labs(scores: dict[str, tuple[dict, dict | None]], same: str = "same
         ax.set_xlim(0.4 if key == "roc_auc" else 0.3, 1.0)
         ax.set_title(f"{label} (bars: 95 % intervals)", fontsize=10)
         ax.grid(alpha=0.3, axis="x")
-    axes[0].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.subplots_adjust(bottom=0.28)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncols=2, frameon=False)  # below the axes: it hides no run
     return fig
 
 
@@ -128,7 +130,7 @@ def plot_differences(comparisons: list[dict], second: str = "second set"):
     dark, one that does not in grey. Returns the figure."""
     rows = [c for c in comparisons if c["on"] == "test"] + [c for c in comparisons if c["on"] != "test"]
     labels = [f"{c['b']} \u2212 {c['a']}" + ("" if c["on"] == "test" else f" ({second})") for c in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.8 + 0.24 * len(rows)), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.8 + 0.3 * len(rows)), sharey=True)
     y = np.arange(len(rows))[::-1]
     for ax, (key, scale, unit) in zip(axes, (("accuracy", 100, "accuracy difference, points"), ("roc_auc", 1, "ROC-AUC difference"))):
         for yy, c in zip(y, rows):
@@ -141,8 +143,8 @@ def plot_differences(comparisons: list[dict], second: str = "second set"):
         ax.axvline(0, color="tab:red", linewidth=0.8)
         ax.set_xlabel(unit, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    axes[0].set_yticks(y, labels, fontsize=7)
-    axes[0].set_title("later run minus earlier, on the same tiles (black: interval excludes 0)", fontsize=9, loc="left")
+    axes[0].set_yticks(y, labels, fontsize=9)
+    axes[0].set_title("later run minus earlier, on the same tiles (black: interval excludes 0)", fontsize=10, loc="left")
     fig.tight_layout()
     return fig
 

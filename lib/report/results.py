@@ -290,7 +290,7 @@ def runs_table(facts: dict[str, RunFacts], evaluation: dict) -> str:
     method = next(((f.held_out.metrics.get("intervals") or {}).get("method") for f in facts.values() if f.held_out), None)
     rates = sorted({f.held_out.metrics["majority_rate"] for f in facts.values() if f.held_out})
     second_rates = sorted({f.held_out.second["majority_rate"] for f in facts.values() if f.held_out and f.held_out.second})
-    where = f"on {same} (majority-class rate {_percent(rates[0])})" if same and len(rates) == 1 else "on the tiles named in each row"
+    where = f"on {same[:-1]}; majority-class rate {_percent(rates[0])})" if same and len(rates) == 1 else "on the tiles named in each row"
     if second:
         where += f" and on the {second}" + (f" (majority-class rate {_percent(second_rates[0])})" if len(second_rates) == 1 else "")
     head = "| run | epochs | best valid acc (majority rate) | accuracy | ROC-AUC |"
@@ -538,8 +538,9 @@ def deviations(facts: dict[str, RunFacts], evaluation: dict | None = None) -> st
                  "accuracy, balanced accuracy and ROC-AUC, each beside the majority-class rate of the same tiles.")  # fmt: skip
     beyond = [run for run, f in facts.items() if beyond_original(f)]
     if beyond:
-        items.append(f"- **Beyond the original:** {names(beyond)} (stain colour augmentation) and the second test set "
-                     f"({second_set_name(evaluation or {}) or 'none scored'}) are this workbook's additions; so are the 95 % intervals "
+        items.append(f"- **Beyond the original:** {names(beyond)} (stain colour augmentation) and "
+                     f"{'the ' + second_set_name(evaluation or {}) if second_set_name(evaluation or {}) else 'a second test set (none scored here)'} "
+                     "are this workbook's additions; so are the 95 % intervals "
                      "on every score and the paired comparisons of runs on the same tiles.")  # fmt: skip
     submission = (evaluation or {}).get("submission")
     if submission and submission["form"] != "course":
@@ -759,7 +760,9 @@ def two_labs_text(facts: dict[str, RunFacts], evaluation: dict) -> str:
     for run, (same, other) in two_labs_scores(facts).items():
         if other and same.get("roc_auc") is not None and other.get("roc_auc") is not None:
             drops.append(f"{run} {same['roc_auc']:.3f} \u2192 {other['roc_auc']:.3f}")
-    lines = [f"ROC-AUC on the held-out tiles \u2192 on the {second}: " + "; ".join(drops) + "." if drops else ""]
+    lines = [(f"ROC-AUC on the held-out tiles \u2192 on the {second}: " + "; ".join(drops) + ". A run's two figures are of different "
+              "tiles (other tissue as well as another stain), so no paired test applies to them: read their intervals, and the paired "
+              "comparisons of runs on the second set below and in the table above.") if drops else ""]
     final = registry.final_run()
     for run, f in facts.items():
         if not beyond_original(f) or run == final:
@@ -780,6 +783,8 @@ def two_labs_alt(facts: dict[str, RunFacts], evaluation: dict) -> str:
 def verdict(c: dict) -> str:
     """A compared pair's verdict in words: what its intervals tell apart, or that nothing is."""
     acc, auc = c["accuracy"], c.get("roc_auc") or {}
+    if acc.get("mcnemar", {}).get("n_discordant", 1) == 0 and auc.get("value") == 0 and auc.get("low") == auc.get("high") == 0:
+        return "the same predictions"  # one best checkpoint (the same seed and epochs), or two that agree on every tile
     said = []
     if acc.get("told_apart"):
         said.append("more accurate" if acc["value"] > 0 else "less accurate")
@@ -805,7 +810,7 @@ def comparisons_table(comparisons: list[dict], evaluation: dict | None = None) -
                      f"[{_signed(acc['low'], 100, 2)}, {_signed(acc['high'], 100, 2)}] | {mc.get('p_value', float('nan')):.3g} | {auc_text} | "
                      f"**{verdict(c)}** |")  # fmt: skip
     sets = {c["on"]: c["n"] for c in comparisons}
-    tiles = ", ".join(f"{'the held-out tiles' if on == 'test' else (second_set_name(evaluation or {}) or 'the second test set')} ({n})"
+    tiles = ", ".join(f"the {n} held-out tiles" if on == "test" else f"the {second_set_name(evaluation or {}) or f'second test set ({n} tiles)'}"
                       for on, n in sets.items())  # fmt: skip
     lines += ["", f"*Later minus earlier on the same tiles: {tiles}; in brackets, paired 95 % intervals ({_methods_short(comparisons)}). "
                   "A difference is named only where its interval excludes 0 (for accuracy, with McNemar's exact p below 0.05 too).*"]
