@@ -20,6 +20,12 @@ def predicted_labels(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, :2].argmax(dim=1)
 
 
+def class1_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) float probability of class 1 from `logits` (B, 2 or 1000): the softmax over the two label
+    outputs, as predicted_labels reads them (the 1000-way head's other outputs take no share)."""
+    return torch.softmax(logits[:, :2], dim=1)[:, 1]
+
+
 class BaselineCNN(nn.Module):
     """The original's small CNN, exactly: three convolutions, two poolings, two linear layers with
     no activation between them. Its first linear layer fixes the input at 256x256."""

@@ -17,7 +17,7 @@ from lib.metrics import score_predictions
 from lib.stats import bootstrap_scores, calibration, compare_runs
 from lib.data.layouts import LayoutError
 from lib.files import write_whole
-from lib.models import build_model, predicted_labels
+from lib.models import build_model, class1_probability, predicted_labels
 from lib.paths import resolve
 from lib.progress import progress
 from lib.training.run_folder import RunFolder
@@ -89,13 +89,13 @@ def predict_tiles(model: torch.nn.Module, tiles: torch.Tensor, device: torch.dev
             with autocast(device, settings):
                 logits = model(prepare_input(batch, settings)).float()
             predictions.append(predicted_labels(logits).cpu())
-            scores.append(torch.softmax(logits[:, :2], dim=1)[:, 1].cpu())
+            scores.append(class1_probability(logits).cpu())
             if tta:
                 total = scores[-1].clone()
                 for k, mirrored in DIHEDRAL[1:]:
                     with autocast(device, settings):
                         turned = model(prepare_input(dihedral(batch, k, mirrored).contiguous(), settings)).float()
-                    total += torch.softmax(turned[:, :2], dim=1)[:, 1].cpu()
+                    total += class1_probability(turned).cpu()
                 tta_scores.append(total / len(DIHEDRAL))
     plain = (torch.cat(predictions).numpy(), torch.cat(scores).numpy())
     if not tta:
