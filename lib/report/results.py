@@ -780,6 +780,14 @@ def two_labs_alt(facts: dict[str, RunFacts], evaluation: dict) -> str:
             f"(blue circles) and on the {second_set_name(evaluation) or 'second test set'} (red squares).")  # fmt: skip
 
 
+def compared(evaluation: dict, tta: bool = False) -> list[dict]:
+    """evaluation.json's comparisons of two runs (tta False), or of runs' test-time-augmented
+    predictions against their plain ones (tta True; lib/report/evaluate.py TTA_SUFFIX names them)."""
+    from lib.report.evaluate import TTA_SUFFIX
+
+    return [c for c in evaluation.get("comparisons") or [] if c["b"].endswith(TTA_SUFFIX) == tta]
+
+
 def verdict(c: dict) -> str:
     """A compared pair's verdict in words: what its intervals tell apart, or that nothing is."""
     acc, auc = c["accuracy"], c.get("roc_auc") or {}
@@ -835,9 +843,7 @@ def _methods_short(comparisons: list[dict]) -> str:
 def differences_text(evaluation: dict) -> str:
     """Every pair of runs compared on the same tiles, as a Markdown table (comparisons_table);
     test-time augmentation's comparisons are left to tta_text."""
-    from lib.report.evaluate import TTA_SUFFIX
-
-    pairs = [c for c in evaluation.get("comparisons") or [] if not c["b"].endswith(TTA_SUFFIX)]
+    pairs = compared(evaluation)
     if not pairs:
         return "No runs were compared on the same labelled tiles (the evaluation found no labels to score them on)."
     return comparisons_table(pairs, evaluation)
@@ -858,9 +864,7 @@ def calibration_text(f: RunFacts) -> str:
 def tta_text(evaluation: dict) -> str:
     """Test-time augmentation against the plain prediction, for each run it was asked for, as
     Markdown (comparison_sentence: paired intervals and McNemar's test); "" when none was."""
-    from lib.report.evaluate import TTA_SUFFIX
-
-    pairs = [c for c in evaluation.get("comparisons") or [] if c["b"].endswith(TTA_SUFFIX)]
+    pairs = compared(evaluation, tta=True)
     if not pairs:
         return ""
     return ("**Test-time augmentation** (the mean probability over each tile's 8 flips and right-angle rotations) against the plain "
@@ -876,9 +880,7 @@ def calibration_alt(f: RunFacts) -> str:
 
 
 def differences_alt(evaluation: dict) -> str:
-    from lib.report.evaluate import TTA_SUFFIX
-
-    pairs = [c for c in evaluation.get("comparisons") or [] if not c["b"].endswith(TTA_SUFFIX)]
+    pairs = compared(evaluation)
     told = [c for c in pairs if verdict(c) != "not told apart"]
     return (f"{len(pairs)} comparisons of two runs on the same tiles, each the later run's accuracy (left, in points) and ROC-AUC "
             f"(right) minus the earlier's, as a point with its paired 95 % interval beside a red line at 0; {len(told)} of them "
