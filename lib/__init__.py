@@ -10,7 +10,9 @@ A map, by part; arrows point down (a part imports only those below it):
                  results.py     the report's sentences and tables, written from those records
                  figures.py     every figure; explain.py what the networks learned; render.py HTML and PDF
     training/    loop.py        train_one_epoch, evaluate, fit in stages; run_folder.py runs/<run>/;
-                                speed.py device and precision settings; environment.py the machine
+                                speed.py device and precision settings; environment.py the machine;
+                                distributed.py a run on several processes under torchrun (DDP), whose
+                                entry point is `python -m lib.training`
     models       models.py      the baseline CNN, ResNet50, the small CNN; weights.py pretrained files
     data/        layouts, decode, cache, tiles, splits, batches, augment, stain, synthetic (one module per job)
     stats.py     intervals on those scores (bootstrap, by tile or by group), paired comparisons of two

@@ -86,6 +86,7 @@ class RunConfig:
     compile: bool = False  # True: torch.compile the model (minutes of compiling; pays off on long GPU runs)
     input_pipeline: str = "tensor"  # "tensor": decoded tiles, batches augmented on the device; "original": files + PIL per image
     loader_workers: int = 0  # DataLoader processes for the "original" input pipeline
+    nproc_per_node: int = 1  # processes that train this run together under torchrun with DistributedDataParallel, one per GPU (nccl), or sharing the cores on a CPU (gloo); batch_size stays the global batch; 1: one process, no torchrun
     # Its folder
     runs_dir: str = str(RUNS_DIR)  # where runs/<run>/ is written (relative: from the project root)
     resume: bool = False  # True: continue from runs_dir/<run>/last.pt when it was written with this config
@@ -294,6 +295,12 @@ def write_parameters_cells(notebooks) -> list[Path]:
     return changed
 
 
+def validated(config: RunConfig) -> RunConfig:
+    """`config` once its values pass the checks run_config makes (ValueError naming the parameter)."""
+    _validate(config)
+    return config
+
+
 def _validate(config: RunConfig) -> None:
     for name, allowed in (("model", MODELS), ("head", HEADS), ("weights", WEIGHTS), ("scheduler", SCHEDULERS), ("split", SPLITS),
                           ("input_pipeline", INPUT_PIPELINES), ("precision", PRECISIONS), ("multi_page", MULTI_PAGES),
@@ -321,6 +328,12 @@ def _validate(config: RunConfig) -> None:
                          f"least {config.crop_size}")  # fmt: skip
     if config.crop_size < 0:
         raise ValueError(f"parameter crop_size={config.crop_size} must be 0 (follows the tile) or a positive number of pixels")
+    if config.nproc_per_node < 1:
+        raise ValueError(f"parameter nproc_per_node={config.nproc_per_node} must be at least 1 (1: one process; N: N processes under torchrun)")
+    if config.nproc_per_node > 1 and ":" in config.device:
+        raise ValueError(f"parameter device={config.device!r} names one GPU, but nproc_per_node={config.nproc_per_node} processes would "
+                         "share it: several processes on one GPU are not supported. Use device='cuda' (each process takes its own "
+                         "GPU: cuda:0, cuda:1, ...; CUDA_VISIBLE_DEVICES chooses which) or nproc_per_node=1")  # fmt: skip
     if config.loader_workers < 0:
         raise ValueError(f"parameter loader_workers={config.loader_workers} must be 0 or more")
     if config.subset < 0:

@@ -3,7 +3,8 @@ lines where it cannot (a log file, `make run-all > log`, the notebooks the pipel
 
 tqdm redraws its bar with carriage returns, which a log keeps as one ever-growing line of escape
 debris; in a log, a line every PLAIN_INTERVAL_S seconds (and a last one when the work ends) says
-the same. HISTO_PROGRESS=plain or =bar in the environment overrides the choice.
+the same. HISTO_PROGRESS=plain or =bar in the environment overrides the choice; =off shows none (the processes of a
+run under torchrun other than rank 0, whose bars would repeat rank 0's).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 from tqdm import tqdm
 
-PROGRESS_ENV = "HISTO_PROGRESS"  # "plain" or "bar"; the pipeline sets "plain" for the notebooks it executes
+PROGRESS_ENV = "HISTO_PROGRESS"  # "plain", "bar" or "off"; the pipeline sets "plain" for the notebooks it executes
 PLAIN_INTERVAL_S = 30.0  # seconds between two progress lines in a log
 
 
@@ -52,6 +53,8 @@ def progress(iterable=None, *, desc: str, unit: str, total: int | None = None, l
     stderr). A bar with leave=False (the batches of one epoch) prints nothing in a log unless it
     runs longer than PLAIN_INTERVAL_S; one with leave=True ends with its last line kept."""
     stream = file if file is not None else sys.stderr
+    if os.environ.get(PROGRESS_ENV, "").strip().lower() == "off":
+        return tqdm(iterable, total=total, initial=initial, disable=True)
     if not plain_output(stream):
         return tqdm(iterable, desc=desc, unit=unit, total=total, leave=leave, initial=initial, file=stream)
     return tqdm(iterable, desc=desc, unit=unit, total=total, initial=initial, file=_Lines(stream), ascii=True, ncols=100,

@@ -20,10 +20,10 @@ BUDGET_S=${GPU_CHECK_BUDGET_S:-570}  # the whole script, in seconds: below the d
 mkdir -p "$OUT"
 if [[ -n ${GPU_CHECK_REHEARSAL:-} ]]; then
   run_args=(profile=quick device=cpu epochs=1)  # the flow, not the figures: one epoch a run
-  bench_args=(--devices cpu --models baseline --steps 1 --rounds 1)
+  bench_args=(--devices cpu --models baseline --steps 1 --rounds 1 --ddp-epochs 2 --ddp-subset 128)
 else
   run_args=(profile=full device=cuda)
-  bench_args=(--devices cuda)
+  bench_args=(--devices cuda --ddp-epochs 10)  # the distributed rows: resnet50-10ep's 10 epochs plain and under torchrun
 fi
 
 site=$(mktemp -d)
@@ -48,7 +48,7 @@ start=$SECONDS
 echo "data generated in $((SECONDS - start)) s" >> "$OUT/data.log"
 
 start=$SECONDS
-timeout 150 "$PY" -m lib.bench.throughput "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log" || true
+timeout 240 "$PY" -m lib.bench.throughput "${bench_args[@]}" --out "$OUT/bench.json" 2>&1 | plain > "$OUT/bench.log" || true
 echo "bench finished in $((SECONDS - start)) s" >> "$OUT/bench.log"
 
 # How often the training loop makes the host wait for the GPU (torch's sync debug mode): about once

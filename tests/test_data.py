@@ -136,8 +136,11 @@ def test_training_batches_are_reshuffled_each_epoch_and_augmented_per_image(tiny
     torch.manual_seed(0)
     batches = TileBatches(tiles, torch.arange(16), 8, shuffle=True, seed=3, device=torch.device("cpu"), crop_size=200, what="training")
     first = [labels.tolist() for _, labels in batches]
+    batches.set_epoch(1)  # as the training loop does before each epoch (DistributedSampler's set_epoch)
     second = [labels.tolist() for _, labels in batches]
     assert first != second and sorted(sum(first, [])) == list(range(16))
+    batches.set_epoch(0)
+    assert [labels.tolist() for _, labels in batches] == first, "an epoch's order follows seed + epoch alone (resume needs no state)"
     images, _ = next(iter(batches))
     assert images.shape == (8, 3, 200, 200) and images.dtype == torch.float32
 

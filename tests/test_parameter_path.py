@@ -29,6 +29,8 @@ def walk_values(tmp_path, data_dir) -> dict:
         "multi_page": "first", "non_square": "pad", "hed_scale": 0.1, "hed_shift": 0.01,
         # torch.compile costs minutes on this CPU: compile goes through the same path with its default, given explicitly.
         "compile": False,
+        # Two gloo processes under torchrun: the notebook's fit starts torchrun, which trains from launch.json.
+        "nproc_per_node": 2,
     }  # fmt: skip
 
 

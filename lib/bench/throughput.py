@@ -8,9 +8,11 @@
       precision and batch: the limit any input path and loop can reach;
 
 for the baseline CNN and ResNet50, on the CPU and on CUDA when present. Prints b/a and b/c, peak
-memory and the device; writes reports/bench.json. Measured, never asserted: these machines are shared.
+memory and the device. Then the distributed rows (lib/bench/distributed.py): a run trained plain,
+under torchrun with one process and with N (every GPU, or 2 on a CPU), with the scaling efficiency and
+torchrun's overhead. Writes reports/bench.json. Measured, never asserted: these machines are shared.
 
-    python -m lib.bench.throughput [--steps N] [--out reports/bench.json]
+    python -m lib.bench.throughput [--steps N] [--distributed auto|none] [--out reports/bench.json]
 """
 
 from __future__ import annotations
@@ -192,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per path, taken in turn; the median is kept")
     parser.add_argument("--models", default="baseline,resnet50", help="comma-separated: baseline, resnet50")
     parser.add_argument("--batch-size", type=int, default=None, help="instead of each device's default batches")
+    parser.add_argument("--distributed", choices=("auto", "none"), default="auto",
+                        help="auto: the distributed rows for each device (the baseline on a CPU, ResNet50 on CUDA); none: skip them")
+    parser.add_argument("--ddp-epochs", type=int, default=3, help="epochs of each distributed row's run")
+    parser.add_argument("--ddp-subset", type=int, default=None, help="tiles of each distributed row's run (default: 512 on a CPU, 4096 on CUDA)")
+    parser.add_argument("--ddp-batch-size", type=int, default=None, help="global batch of the distributed rows (default: 32 on a CPU, 100 on CUDA)")
     parser.add_argument("--out", default=str(REPORTS_DIR / "bench.json"))
     args = parser.parse_args(argv)
 
@@ -221,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"({record['workbook_settings']}), (c) model only {record['model_only']:.1f} (medians of {args.rounds} rounds)\n"
                   f"  b/a = {record['workbook_vs_seed']:.2f}, b/c = {record['workbook_vs_limit']:.2f}; "
                   f"peak host {record['peak_host_mb']:.0f} MiB{gpu}", flush=True)  # fmt: skip
+        if args.distributed == "auto":
+            from lib.bench import distributed
+
+            cuda = device.type == "cuda"
+            record = distributed.distributed_record(args.data, device, "resnet50" if cuda else "baseline", args.ddp_epochs,
+                                                    args.ddp_batch_size or (100 if cuda else 32), args.ddp_subset or (4096 if cuda else 512))  # fmt: skip
+            records.append(record)
+            print(distributed.describe(record), flush=True)
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

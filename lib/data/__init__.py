@@ -14,7 +14,7 @@ The names below are the data part's API; the rest of lib imports them from `lib.
 Nothing here imports models, training or the report.
 """
 
-from lib.data.batches import FileTileDataset, TileBatches, batch_plan, make_loader, original_augmentation, streamed
+from lib.data.batches import EpochOrder, FileTileDataset, TileBatches, batch_plan, epoch_order, make_loader, original_augmentation, streamed
 from lib.data.cache import PROCESS_DECODE_MIN, TileCache, decode_tiles
 from lib.data.decode import (TILE_SIZE, BadImagesError, DecodeRecord, MultiPageError, decode_tile, open_tile, read_tile, source_signature,
                              square_tile)
@@ -25,10 +25,10 @@ from lib.data.tiles import (TileSet, choose_tile_size, crop_for, drawn_rows, loa
                             resolve_sizes)
 
 __all__ = [
-    "BadImagesError", "DecodeRecord", "FileTileDataset", "H5Tile", "LAYOUTS", "LayoutError", "MultiPageError",
+    "BadImagesError", "DecodeRecord", "EpochOrder", "FileTileDataset", "H5Tile", "LAYOUTS", "LayoutError", "MultiPageError",
     "PROCESS_DECODE_MIN", "Split", "StainTarget", "TILE_SIZE", "TileBatches", "TileCache", "TileIndex", "TileSet", "TileSource",
     "batch_plan", "choose_tile_size", "crop_for", "decode_tile", "decode_tiles", "given_split", "grouped_split",
-    "drawn_rows", "hed_augment", "load_tile_set", "make_loader", "make_split", "normalize_tile_set", "open_tile", "original_augmentation",
+    "drawn_rows", "epoch_order", "hed_augment", "load_tile_set", "make_loader", "make_split", "normalize_tile_set", "open_tile", "original_augmentation",
     "read_layout", "read_run_layout", "read_stain_reference", "read_tile", "resolve_sizes", "run_stain_target", "seeded_split",
     "source_signature", "square_tile", "streamed",
 ]  # fmt: skip

@@ -1,6 +1,7 @@
 """Batches for training and validation: the fast path cuts them from the decoded uint8 tiles and
 augments them on the device (geometry, then HED colour); the original's path decodes and transforms files one by one in a
-DataLoader."""
+DataLoader. Both take each epoch's order from EpochOrder, which shares every batch among the ranks of a
+run on several processes (lib/training/distributed.py)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,48 @@ class FileTileDataset(Dataset):
         return hed_augment(image[None], self.hed_scale, self.hed_shift)[0], self.labels[i]
 
 
+class EpochOrder:
+    """Which tiles each batch of an epoch holds, and this rank's share of them, as torch's
+    DistributedSampler orders an epoch: the order is a permutation drawn from `seed + epoch`
+    (set_epoch, called before each epoch), the same on every rank; it is cut into global batches of
+    `batch_size` (batch_plan: the last partial batch dropped); rank r of `world` takes positions r,
+    r + world, r + 2 world, ... of each batch. With batch_size a multiple of world this is exactly
+    DistributedSampler's shard of the epoch cut into batches of batch_size / world; otherwise the
+    shares differ by one tile and the loop weighs each rank's loss by its share (lib/training/loop.py),
+    so every optimizer step is the global batch's mean gradient either way. One rank (world 1) takes
+    every batch whole. Unshuffled (validation), the order is 0, 1, 2, ... every epoch.
+
+    Iterating yields int64 tensors of positions (into the `n` rows the loader holds), one per batch.
+    Raises ValueError when a global batch cannot give every rank a tile (fewer tiles than ranks)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, what: str, rank: int = 0, world: int = 1):
+        self.batch_size = batch_plan(n, batch_size, what)  # the global batch
+        if self.batch_size < world:
+            raise ValueError(f"the {what} set's batches hold {self.batch_size} tile(s), fewer than the {world} processes that share each "
+                             f"batch: every process needs at least one tile of each batch. Use fewer processes (nproc_per_node), a larger "
+                             f"batch_size, or more tiles (subset, valid_fraction)")  # fmt: skip
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next iteration gives (DistributedSampler.set_epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def order(self) -> torch.Tensor:
+        """(len(self), batch_size) int64: every rank's global batches of this epoch."""
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        return order[: len(self) * self.batch_size].view(len(self), self.batch_size)
+
+    def __iter__(self):
+        return iter(self.order()[:, self.rank :: self.world])
+
+
 def batch_plan(n_tiles: int, batch_size: int, what: str) -> int:
     """The batch size a side of the split really uses: `batch_size`, with the last partial batch
     dropped as the original did, when at least one full batch exists; else all its tiles in one
@@ -65,34 +108,36 @@ class TileBatches:
     `tiles` is the whole (N, 3, H, W) tile set (over the memory-mapped cache) and `rows` the
     positions this loader uses, so a split costs no copy. Tiles go to the GPU when they fit;
     otherwise they stay where they are and each batch, once gathered, is pinned and streamed in.
-    Like the original's loader: reshuffled each epoch (seeded), the last partial batch dropped
-    (unless the rows hold less than one batch: then they are one smaller batch, see batch_plan).
+    Like the original's loader: reshuffled each epoch (EpochOrder: seeded by seed + epoch, set_epoch
+    before each), the last partial batch dropped (unless the rows hold less than one batch: then they
+    are one smaller batch, see batch_plan). With `world` processes, this rank's share of each batch.
     `hed_scale`, `hed_shift`: HED colour augmentation after the geometry (lib/data/stain.py), for
     training batches only; 0 and 0 leave colours as they are."""
 
     def __init__(self, tiles: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
                  device: torch.device, crop_size: int | None, what: str, rows: np.ndarray | torch.Tensor | None = None,
-                 hed_scale: float = 0.0, hed_shift: float = 0.0):  # fmt: skip
+                 hed_scale: float = 0.0, hed_shift: float = 0.0, rank: int = 0, world: int = 1):  # fmt: skip
         rows = torch.arange(len(tiles)) if rows is None else torch.as_tensor(rows, dtype=torch.int64)
-        self.batch_size = batch_plan(len(rows), batch_size, what)
-        self.shuffle, self.device, self.crop_size = shuffle, device, crop_size
+        self.order = EpochOrder(len(rows), batch_size, shuffle, seed, what, rank, world)
+        self.batch_size = self.order.batch_size  # the global batch
+        self.device, self.crop_size = device, crop_size
         self.hed_scale, self.hed_shift = hed_scale, hed_shift
-        self.generator = torch.Generator().manual_seed(seed)  # the order's stream; saved and restored on resume
         self.labels = labels[rows].to(device)
         self.tiles, self.rows, self.placement = _place(tiles, rows, device)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
     def __len__(self) -> int:
-        return len(self.labels) // self.batch_size
+        return len(self.order)
 
     def __iter__(self):
-        n = len(self)
-        order = torch.randperm(len(self.labels), generator=self.generator) if self.shuffle else torch.arange(len(self.labels))
-        order = order[: n * self.batch_size].view(n, self.batch_size)
+        order = self.order.order()[:, self.order.rank :: self.order.world]  # this rank's share of each batch
         # The epoch's order goes to the device in one copy: a copy per batch from ordinary host
         # memory would make the host wait for the GPU's queue to drain, every batch.
         order_on_device = order.to(self.device)
         picked = self.rows[order_on_device if self.rows.device == order_on_device.device else order]
-        for batch in range(n):
+        for batch in range(len(order)):
             tiles = self.tiles[picked[batch]]
             if streamed(tiles.device, self.device):
                 # Streamed from host memory: the gathered batch is pinned so its copy runs beside
@@ -133,8 +178,35 @@ def _place(tiles: torch.Tensor, rows: torch.Tensor, device: torch.device) -> tup
     return tiles, rows, f"host memory, streamed per batch through pinned copies ({gib:.2f} GiB would not fit beside the model)"
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, what: str, workers: int = 0) -> DataLoader:
-    """A loader with the original's drop_last; less than one full batch is one smaller batch (batch_plan)."""
-    batch_size = batch_plan(len(dataset), batch_size, what)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=True, generator=generator, num_workers=workers)
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, what: str, workers: int = 0, rank: int = 0,
+                world: int = 1) -> DataLoader:  # fmt: skip
+    """A loader with the original's drop_last; less than one full batch is one smaller batch (batch_plan).
+    Its batches come from an EpochOrder (`loader.batch_sampler`, set_epoch before each epoch): with
+    `world` processes, this rank's share of each batch."""
+    return DataLoader(dataset, batch_sampler=_IndexLists(EpochOrder(len(dataset), batch_size, shuffle, seed, what, rank, world)),
+                      num_workers=workers)  # fmt: skip
+
+
+class _IndexLists:
+    """An EpochOrder as a DataLoader's batch_sampler, which indexes the dataset with Python ints."""
+
+    def __init__(self, order: EpochOrder):
+        self.order = order
+        self.batch_size = order.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        return (positions.tolist() for positions in self.order)
+
+
+def epoch_order(loader) -> EpochOrder | None:
+    """The EpochOrder a loader of ours draws its batches from (None for any other iterable)."""
+    if isinstance(loader, TileBatches):
+        return loader.order
+    sampler = getattr(loader, "batch_sampler", None)
+    return sampler.order if isinstance(sampler, _IndexLists) else None

@@ -4,6 +4,8 @@
     run_folder    runs/<run>/: its files, how each is written (atomically) and read
     speed         device, precision, channels_last, compile and host-memory settings
     environment   the machine and versions a run records
+    distributed   a run on several processes: torchrun, the process group, DDP, shares of each batch;
+                  `torchrun ... -m lib.training RUN_DIR|RUN` is its entry point (__main__.py)
 
 Nothing here imports the report or the doors.
 """

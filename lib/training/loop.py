@@ -1,8 +1,10 @@
 """The training loop: `train_one_epoch`, `evaluate`, and `fit`, which trains one run in labelled
-stages (data, model, resume, loop, record) and writes its folder through lib/training/run_folder.py."""
+stages (data, model, resume, loop, record) and writes its folder through lib/training/run_folder.py,
+in one process or, with nproc_per_node > 1, on several under torchrun (lib/training/distributed.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import shlex
@@ -15,11 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from lib.config import PRETRAINED_FIELDS, RunConfig
-from lib.data import (FileTileDataset, Split, StainTarget, TileBatches, TileIndex, TileSet, batch_plan, load_tile_set, make_loader, make_split,
-                      normalize_tile_set, original_augmentation, read_run_layout, read_stain_reference, resolve_sizes, run_stain_target)
+from lib.data import (FileTileDataset, Split, StainTarget, TileBatches, TileIndex, TileSet, batch_plan, epoch_order, load_tile_set, make_loader,
+                      make_split, normalize_tile_set, original_augmentation, read_run_layout, read_stain_reference, resolve_sizes,
+                      run_stain_target)
 from lib.metrics import class_counts, majority_rate
 from lib.models import WeightsOutcome, build_model, predicted_labels
 from lib.progress import progress
+from lib.training import distributed
+from lib.training.distributed import ONE_PROCESS, Ranks
 from lib.training.environment import environment_record
 from lib.training.run_folder import RunFolder, RunResult
 from lib.training.speed import ORIGINAL, SpeedSettings, autocast, describe, host_memory, prepare_input, prepare_model, resolve_device, speed_settings
@@ -32,36 +37,44 @@ def seed_everything(seed: int) -> None:
 
 
 def train_one_epoch(model, loader, optimizer, device, desc: str = "train", epoch: int = 0, settings: SpeedSettings = ORIGINAL,
-                    check_lag: int | None = None) -> dict:  # fmt: skip
+                    check_lag: int | None = None, ranks: Ranks = ONE_PROCESS) -> dict:  # fmt: skip
     """One pass over the training loader. Returns the original's metrics: the loss summed over
-    batches, and the mean of batch accuracies."""
+    batches (each batch's mean loss), and the mean of batch accuracies, with "images" (trained, over
+    all ranks) and "seconds". Under torchrun (`ranks`), the loader gives this rank's share of each
+    global batch (EpochOrder): the loss each rank differentiates is its share's summed loss times
+    world / global batch, so that DDP's mean over ranks is the global batch's mean gradient, and the
+    per-batch sums are all-reduced once at the epoch's end, so the metrics are the global batches'."""
     model.train()
+    order = epoch_order(loader)
+    if order is not None:
+        order.set_epoch(epoch)
     # Metrics stay on the device and are read once per epoch: reading a GPU value (.item()) waits
     # for every queued kernel, and with data already on the GPU that wait would idle it each batch
     # while the next step is launched. The finiteness check reads the loss of `check_lag` batches
     # ago (2 on CUDA), whose work is done by then; on the CPU nothing is queued, so it reads the
     # current one, before the optimizer step.
     lag = check_lag if check_lag is not None else (2 if device.type == "cuda" else 0)
-    losses, accuracies, images = [], [], 0
+    losses, correct, sizes = [], [], []
     start = time.perf_counter()
     for batch, (tiles, labels) in enumerate(progress(loader, desc=desc, unit="batch", leave=False)):
         tiles, labels = prepare_input(tiles.to(device, non_blocking=True), settings), labels.to(device, non_blocking=True)
+        size = order.batch_size if order is not None else len(labels) * ranks.world  # the global batch
         with autocast(device, settings):
             logits = model(tiles)
-        loss = F.cross_entropy(logits.float(), labels)
-        losses.append(loss.detach())
-        accuracies.append((predicted_labels(logits) == labels).float().mean())
+        summed = F.cross_entropy(logits.float(), labels, reduction="sum")
+        losses.append(summed.detach())
+        correct.append((predicted_labels(logits) == labels).sum())
+        sizes.append(size)
         if batch >= lag:
             _stop_unless_finite(losses, batch - lag, epoch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (summed * (ranks.world / size)).backward()
         optimizer.step()
-        images += len(labels)
     for batch in range(max(0, len(losses) - lag), len(losses)):
         _stop_unless_finite(losses, batch, epoch)
-    loss_sum, accuracy_sum = _sums(losses, accuracies)
+    loss_sum, accuracy_sum = _sums(losses, correct, sizes, ranks)
     seconds = time.perf_counter() - start  # after reading the sums: the device has finished the epoch
-    return {"loss": loss_sum, "accuracy": accuracy_sum / len(accuracies), "images": images, "seconds": seconds}
+    return {"loss": loss_sum, "accuracy": accuracy_sum / len(sizes), "images": sum(sizes), "seconds": seconds}
 
 
 def _stop_unless_finite(losses: list[torch.Tensor], batch: int, epoch: int) -> None:
@@ -72,42 +85,66 @@ def _stop_unless_finite(losses: list[torch.Tensor], batch: int, epoch: int) -> N
                                  "training stopped, and the last good checkpoint (last.pt, once an epoch has completed) is kept")  # fmt: skip
 
 
-def _sums(losses: list[torch.Tensor], accuracies: list[torch.Tensor]) -> tuple[float, float]:
-    """The per-batch values summed in float64, as Python's float sum of their .item()s would."""
-    return torch.stack(losses).double().sum().item(), torch.stack(accuracies).double().sum().item()
+def _sums(losses: list[torch.Tensor], correct: list[torch.Tensor], sizes: list[int], ranks: Ranks) -> tuple[float, float]:
+    """(the sum over batches of each batch's mean loss, the sum over batches of each batch's accuracy),
+    in float64, from each batch's summed loss and count of right predictions on this rank, all-reduced
+    over the ranks in one operation, and each global batch's size."""
+    per_batch = distributed.sum_across(torch.stack([torch.stack(losses).double(), torch.stack(correct).double()]), ranks)
+    per_batch = per_batch / torch.tensor(sizes, dtype=torch.float64, device=per_batch.device)
+    return per_batch[0].sum().item(), per_batch[1].sum().item()
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings = ORIGINAL) -> dict:
-    """Loss summed over batches and the mean batch accuracy, without augmentation or gradients."""
+def evaluate(model, loader, device, desc: str = "valid", settings: SpeedSettings = ORIGINAL, ranks: Ranks = ONE_PROCESS) -> dict:
+    """Loss summed over batches (each batch's mean) and the mean batch accuracy, without augmentation
+    or gradients. Under torchrun each rank scores its share of each batch and the sums are
+    all-reduced: the figures of one process scoring every batch whole."""
     model.eval()
-    losses, accuracies = [], []
+    order = epoch_order(loader)
+    losses, correct, sizes = [], [], []
     for tiles, labels in progress(loader, desc=desc, unit="batch", leave=False):
         tiles, labels = prepare_input(tiles.to(device), settings), labels.to(device)
         with autocast(device, settings):
             logits = model(tiles).float()
-        losses.append(F.cross_entropy(logits, labels))
-        accuracies.append((predicted_labels(logits) == labels).float().mean())
-    loss_sum, accuracy_sum = _sums(losses, accuracies)
-    return {"loss": loss_sum, "accuracy": accuracy_sum / len(accuracies)}
+        losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+        correct.append((predicted_labels(logits) == labels).sum())
+        sizes.append(order.batch_size if order is not None else len(labels) * ranks.world)
+    loss_sum, accuracy_sum = _sums(losses, correct, sizes, ranks)
+    return {"loss": loss_sum, "accuracy": accuracy_sum / len(sizes)}
 
 
-def _random_state(train_loader) -> dict:
-    """Every random stream training draws from, as plain tensors and numbers (weights_only-safe)."""
+def _random_state(ranks: Ranks) -> dict:
+    """Every random stream training draws from, as plain tensors and numbers (weights_only-safe): this
+    process's, and under torchrun every rank's augmentation stream ("ranks", gathered: a collective,
+    called by every rank). The tile order needs none: it is drawn from seed + epoch."""
+    own = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    everyone = distributed.gathered(own, ranks) if ranks.distributed else []
     return {
         "torch": torch.get_rng_state(),
-        "loader": train_loader.generator.get_state(),
         "python": list(random.getstate()[1]),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "ranks": everyone,
     }
 
 
-def _restore_random_state(state: dict, train_loader) -> None:
-    torch.set_rng_state(state["torch"])
-    train_loader.generator.set_state(state["loader"])
-    random.setstate((3, tuple(state["python"]), None))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _restore_random_state(state: dict, ranks: Ranks) -> None:
+    """This process's streams as `state` saved them; rank r > 0 takes its own from state["ranks"] (when
+    the run resumes on as many processes as it was saved from; else it keeps its fresh stream, said)."""
+    if ranks.main:
+        torch.set_rng_state(state["torch"])
+        random.setstate((3, tuple(state["python"]), None))
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        saved = len(state.get("ranks") or []) or 1
+        if saved != ranks.world:
+            print(f"resume: last.pt was saved by {saved} process(es), this run has {ranks.world}: the tile order is the same (seed + "
+                  "epoch), but the other ranks' augmentation draws start from fresh streams")  # fmt: skip
+        return
+    mine = state.get("ranks") or []
+    if len(mine) == ranks.world:
+        torch.set_rng_state(mine[ranks.rank]["torch"])
+        if mine[ranks.rank]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(mine[ranks.rank]["cuda"])
 
 
 def log_line(epoch: int, epochs: int, row: dict) -> str:
@@ -148,6 +185,7 @@ class Training:
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None
     settings: SpeedSettings
     weights: WeightsOutcome
+    valid_model: torch.nn.Module | None = None  # what validation calls (step_model when None)
 
 
 @dataclass
@@ -159,22 +197,30 @@ class Start:
     best_accuracy: float  # the best validation accuracy so far (-1 before any epoch)
 
 
-def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, size_note: str = "") -> RunData:
+def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, size_note: str = "", ranks: Ranks = ONE_PROCESS) -> RunData:
     """Stage 1, data: decode the run's tiles (its subset only, at the tile size `config` holds,
     resolved before: resolve_sizes, whose reason is `size_note`) once into the memory-mapped cache
     (or read them from it), split, normalise their stain when `config.stain_normalize` asks (to a
     target from stain_reference or fitted on training tiles only; once, cached apart), and build the
-    loaders for `config.input_pipeline`, which read batches from the cache, no copy."""
+    loaders for `config.input_pipeline`, which read batches from the cache, no copy. Under torchrun
+    rank 0 fills the cache first and the other ranks map it (distributed.in_turns), and each loader
+    gives this rank's share of each batch; ValueError when a batch holds fewer tiles than ranks."""
     tensor_path = config.input_pipeline == "tensor"
-    tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
-                             keep_tiles=tensor_path, subset=config.subset, seed=config.seed, multi_page=config.multi_page,
-                             non_square=config.non_square, size_note=size_note)  # fmt: skip
-    split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
-    stain_target = None
-    if config.stain_normalize != "none":
-        # Fitted after the split, on training tiles only: validation and test tiles never shape the target.
-        stain_target = run_stain_target(config.stain_normalize, config.stain_reference, tile_set.tiles, split.train, config.seed)
-        tile_set = normalize_tile_set(tile_set, stain_target, device)
+
+    def tiles_and_split():
+        tile_set = load_tile_set(index, config.tile_size, skip_bad_images=config.skip_bad_images, cache_dir=config.cache_dir or None,
+                                 keep_tiles=tensor_path, subset=config.subset, seed=config.seed, multi_page=config.multi_page,
+                                 non_square=config.non_square, size_note=size_note)  # fmt: skip
+        split = make_split(tile_set, config.split, config.valid_fraction, config.seed, config.subset)
+        stain_target = None
+        if config.stain_normalize != "none":
+            # Fitted after the split, on training tiles only: validation and test tiles never shape the target.
+            stain_target = run_stain_target(config.stain_normalize, config.stain_reference, tile_set.tiles, split.train, config.seed)
+            tile_set = normalize_tile_set(tile_set, stain_target, device)
+        return tile_set, split, stain_target
+
+    tile_set, split, stain_target = distributed.in_turns(ranks, tiles_and_split)
+    shares = {"rank": ranks.rank, "world": ranks.world}
     data_notes = tile_set.notes + split.batch_notes(config.batch_size)
     for note in data_notes:
         print(f"data: {note}")
@@ -184,9 +230,9 @@ def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, siz
     if tensor_path:
         train_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=True, seed=config.seed, device=device,
                                    crop_size=crop, what="training", rows=split.train, hed_scale=config.hed_scale,
-                                   hed_shift=config.hed_shift)  # fmt: skip
+                                   hed_shift=config.hed_shift, **shares)  # fmt: skip
         valid_loader = TileBatches(tile_set.tiles, tile_set.labels, config.batch_size, shuffle=False, seed=config.seed,
-                                   device=device, crop_size=None, what="validation", rows=split.valid)  # fmt: skip
+                                   device=device, crop_size=None, what="validation", rows=split.valid, **shares)  # fmt: skip
         placement = f"tensor input path, tiles in {train_loader.placement}, augmented per batch on {device}{hed}"
     else:
         def files(rows, transform, hed=(0.0, 0.0)):
@@ -195,29 +241,42 @@ def load_run_data(config: RunConfig, index: TileIndex, device: torch.device, siz
 
         augment = original_augmentation(crop) if crop else None
         train_set = files(split.train, augment, (config.hed_scale, config.hed_shift))
-        train_loader = make_loader(train_set, config.batch_size, True, config.seed, "training", config.loader_workers)
-        valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers)
+        train_loader = make_loader(train_set, config.batch_size, True, config.seed, "training", config.loader_workers, **shares)
+        valid_loader = make_loader(files(split.valid, None), config.batch_size, False, config.seed, "validation", config.loader_workers,
+                                   **shares)  # fmt: skip
         placement = f"original input path: files decoded and PIL-transformed per image, {config.loader_workers} loader workers{hed}"
     print(f"split: {split.description}; {len(split.train)} training and {len(split.valid)} validation tiles "
           f"({'a subset of ' + str(config.subset) if 0 < config.subset < len(tile_set.labels) else 'all'} of {len(tile_set.labels)} labelled); device: {device}")
+    if ranks.distributed:
+        batch = batch_plan(len(split.train), config.batch_size, "training")
+        each = f"{batch // ranks.world}" + (f" or {batch // ranks.world + 1}" if batch % ranks.world else "")
+        print(f"processes: {ranks.world} under torchrun ({ranks.backend}, {ranks.local_world} per node); each global batch of {batch} "
+              f"training tiles is shared among them, {each} tiles each; gradients all-reduced (DistributedDataParallel)")
     return RunData(index, tile_set, split, train_loader, valid_loader, placement, data_notes, stain_target)
 
 
-def build_training(config: RunConfig, device: torch.device) -> Training:
+def build_training(config: RunConfig, device: torch.device, ranks: Ranks = ONE_PROCESS) -> Training:
     """Stage 2, model: the network (with its weights policy), its speed settings, Adam and, for
-    `scheduler="plateau"`, ReduceLROnPlateau."""
+    `scheduler="plateau"`, ReduceLROnPlateau. Under torchrun the training step calls the network
+    through DistributedDataParallel (every rank starts from rank 0's weights), and each rank other
+    than 0 then draws its augmentation from a stream of its own."""
     model, weights = build_model(config)
     if weights.notice:
         print(weights.notice)
     settings = speed_settings(device, config.precision, config.compile)
-    model, step_model = prepare_model(model.to(device), settings)
+    model, step_model = prepare_model(model.to(device), settings, wrap=lambda m: distributed.data_parallel(m, ranks, device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min") if config.scheduler == "plateau" else None
-    return Training(model, step_model, optimizer, scheduler, settings, weights)
+    seed = distributed.rank_seed(config.seed, ranks)
+    if seed is not None:
+        torch.manual_seed(seed)
+    # Validation calls the network itself: DDP's forward would broadcast buffers and prepare a backward it never gets.
+    valid_model = step_model if not ranks.distributed else (torch.compile(model) if settings.compile else model)
+    return Training(model, step_model, optimizer, scheduler, settings, weights, valid_model)
 
 
 def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, data: RunData,
-                    resumed: tuple[dict | None, str] | None = None) -> Start:  # fmt: skip
+                    resumed: tuple[dict | None, str] | None = None, ranks: Ranks = ONE_PROCESS) -> Start:  # fmt: skip
     """Stage 3, resume: continue after the epoch last.pt holds when the folder holds an unfinished
     run with these parameters (by itself, or asked with `resume`); otherwise start from the beginning,
     clearing an earlier run's state, and record the initial weights and the split. Raises ValueError
@@ -241,10 +300,11 @@ def resume_or_start(config: RunConfig, folder: RunFolder, training: Training, da
     if training.scheduler is not None:
         training.scheduler.load_state_dict(resumed["scheduler"])
     history = folder.read_history()[: resumed["epoch"] + 1]
-    _restore_random_state(resumed["random"], data.train_loader)
-    if data.stain_target is not None:  # fitted again as before (seeded): the same target
-        folder.write_stain_target(data.stain_target)
-    folder.write_config(config)
+    _restore_random_state(resumed["random"], ranks)
+    if ranks.main:
+        if data.stain_target is not None:  # fitted again as before (seeded): the same target
+            folder.write_stain_target(data.stain_target)
+        folder.write_config(config)
     print(f"resuming {config.run} after its completed epoch {resumed['epoch']} (from {folder.checkpoint_file('last')}){why}")
     return Start(history=history, epoch=resumed["epoch"] + 1, best_accuracy=max(r["valid_accuracy"] for r in history))
 
@@ -320,25 +380,30 @@ def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
     return result if len(result.history) >= config.epochs else None
 
 
-def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data: RunData, start: Start) -> tuple[list[dict], float]:
+def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data: RunData, start: Start,
+                 ranks: Ranks = ONE_PROCESS) -> tuple[list[dict], float]:  # fmt: skip
     """Stage 4, the loop: epochs from `start.epoch`, each logged in the original's line and
     TensorBoard tags, history.json rewritten, best.pt on a better validation accuracy, last.pt as
-    checkpoint_every_s says. Returns the history and the elapsed seconds (an interrupted run's included)."""
+    checkpoint_every_s says. Returns the history and the elapsed seconds (an interrupted run's included).
+    Under torchrun every rank trains and validates its shares, and rank 0 alone logs and writes."""
     from torch.utils.tensorboard import SummaryWriter
 
     model, optimizer, scheduler, settings = training.model, training.optimizer, training.scheduler, training.settings
     device = next(model.parameters()).device
     history, best_accuracy = list(start.history), start.best_accuracy
-    writer = SummaryWriter(str(folder.tensorboard_dir), purge_step=start.epoch)
+    writer = SummaryWriter(str(folder.tensorboard_dir), purge_step=start.epoch) if ranks.main else None
     began = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     last_saved = -float("inf")  # the first completed epoch is always saved
     epochs_bar = progress(range(start.epoch, config.epochs), desc=config.run, unit="epoch", initial=start.epoch, total=config.epochs)
     for epoch in epochs_bar:
         with host_memory(settings):
-            trained = train_one_epoch(training.step_model, data.train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings)
-            validated = evaluate(training.step_model, data.valid_loader, device, f"epoch {epoch} valid", settings)
+            trained = train_one_epoch(training.step_model, data.train_loader, optimizer, device, f"epoch {epoch} train", epoch, settings,
+                                      ranks=ranks)  # fmt: skip
+            distributed.share_buffers(model, ranks)
+            validated = evaluate(training.valid_model or training.step_model, data.valid_loader, device, f"epoch {epoch} valid", settings,
+                                 ranks)  # fmt: skip
         if scheduler is not None:
-            scheduler.step(validated["loss"])  # on the summed validation loss, as the original
+            scheduler.step(validated["loss"])  # on the summed validation loss, as the original (all-reduced: the same on every rank)
         row = {
             "epoch": epoch,
             "train_loss": trained["loss"],
@@ -351,6 +416,11 @@ def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data:
         }
         history.append(row)
         epochs_bar.write(log_line(epoch, config.epochs, row))
+        # Under torchrun every rank's random state goes into last.pt: gathered every epoch (a collective,
+        # so every rank takes part), written when rank 0's clock says.
+        random_state = _random_state(ranks) if ranks.distributed else None
+        if not ranks.main:
+            continue
         for tag in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
             writer.add_scalar(tag, row[tag], epoch)
         writer.flush()
@@ -366,11 +436,12 @@ def train_epochs(config: RunConfig, folder: RunFolder, training: Training, data:
             folder.save_checkpoint("last", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
-                "random": _random_state(data.train_loader),
+                "random": random_state or _random_state(ranks),
             })  # fmt: skip
             last_saved = time.perf_counter()
         folder.write_history(history)
-    writer.close()
+    if writer is not None:
+        writer.close()
     elapsed = time.perf_counter() - began
     print(f"End of training, elapsed time : {int(elapsed // 60)} min {int(elapsed % 60)} sec.")
     return history, elapsed
@@ -407,8 +478,9 @@ def class_balance_line(balance: dict) -> str:
             f"{balance['valid_majority_rate']:.4f}). Predicting one class for every tile reaches these accuracies.")  # fmt: skip
 
 
-def record_result(config: RunConfig, folder: RunFolder, data: RunData, training: Training, history: list[dict], elapsed: float) -> RunResult:
-    """Stage 5, record: the run's summary in result.json, what the report reads."""
+def record_result(config: RunConfig, folder: RunFolder, data: RunData, training: Training, history: list[dict], elapsed: float,
+                  ranks: Ranks = ONE_PROCESS) -> RunResult:  # fmt: skip
+    """Stage 5, record: the run's summary in result.json, what the report reads (written by rank 0)."""
     best_row = max(history, key=lambda r: r["valid_accuracy"])
     record = data.tile_set.record
     balance = class_balance(data, config.batch_size)
@@ -444,42 +516,114 @@ def record_result(config: RunConfig, folder: RunFolder, data: RunData, training:
                    "kept_as_decoded": data.tile_set.stain_kept} if data.stain_target is not None else None),  # fmt: skip
         "decoding": asdict(record) | {"bad": record.bad[:100]},
         "weights": asdict(training.weights),
+        "processes": ranks.describe(),
         "environment": environment_record(str(next(training.model.parameters()).device)),
     }
-    folder.write_result(summary)
+    if ranks.main:
+        folder.write_result(summary)
     return RunResult(config=dataclasses.asdict(config), history=history, summary=summary)
 
 
 def fit(config: RunConfig) -> RunResult:
-    """Train one run end to end and write its folder, runs_dir/<run>/ (see lib/training/run_folder.py).
+    """Train one run end to end and write its folder, runs_dir/<run>/ (see lib/training/run_folder.py):
+    in this process, or with nproc_per_node > 1 on that many processes under torchrun (started here
+    and relayed, lib/training/distributed.py; inside torchrun's processes, as one of them).
     Raises LayoutError/BadImagesError (data), FileNotFoundError/ValueError (weights, resume; a plain run
-    over an unfinished one with other parameters), DamagedRunFolder (a file of the run folder that
-    cannot be read), FolderInUse (another process writes the run or its runs_dir) and FloatingPointError
-    (a non-finite loss), each naming the file, parameter, process or epoch and batch."""
+    over an unfinished one with other parameters; processes the machine cannot give), DamagedRunFolder
+    (a file of the run folder that cannot be read), FolderInUse (another process writes the run or its
+    runs_dir), FloatingPointError (a non-finite loss) and DistributedRunFailed (a process under torchrun
+    failed or was killed), each naming the file, parameter, process, rank or epoch and batch."""
+    if distributed.under_torchrun():
+        ranks, device = distributed.join(config)
+        try:
+            return _fit_here(config, ranks, device)
+        finally:
+            distributed.leave(ranks)
+    if config.nproc_per_node > 1:
+        return _fit_under_torchrun(config)
+    return _fit_here(config, ONE_PROCESS, resolve_device(config.device))
+
+
+def _sizes_and_finished(config: RunConfig, folder: RunFolder) -> tuple[TileIndex, RunConfig, str, RunResult | None]:
+    """Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
+    that every stage, config.json, resume and the evaluation see the one config the run trains with;
+    and, asked to resume, the run's saved result when it already finished with these parameters."""
+    if config.stain_reference:
+        read_stain_reference(config.stain_reference)  # a missing or unreadable reference, named before anything is read
+    index = read_run_layout(config)
+    print(f"data: {index.origin}; {index.describe()}")
+    config, size_note = resolve_sizes(config, index)
+    finished = _finished_result(config, folder) if config.resume else None
+    if finished is not None:
+        print(f"resume: {config.run} already completed all {config.epochs} epochs with these parameters; "
+              f"its results in {folder.path} are kept")  # fmt: skip
+    return index, config, size_note, finished
+
+
+def _fit_here(config: RunConfig, ranks: Ranks, device: torch.device) -> RunResult:
+    """The run trained by this process: the whole of it, or under torchrun its rank's share."""
     print(config.profile_reason)
-    device = resolve_device(config.device)
     seed_everything(config.seed)
     folder = RunFolder(config.run_dir)
     # One writer per run folder, from before anything is read to its result: a second fit of this run,
-    # or a pipeline on this runs_dir, is refused at once by name (lib/writer_lock.py).
-    with folder.writer():
-        if config.stain_reference:
-            read_stain_reference(config.stain_reference)  # a missing or unreadable reference, named before anything is read
-        # Stage 0, sizes: the tile and crop sizes resolved once, before anything is read or written, so
-        # that every stage, config.json, resume and the evaluation see the one config the run trains with.
-        index = read_run_layout(config)
-        print(f"data: {index.origin}; {index.describe()}")
-        config, size_note = resolve_sizes(config, index)
-        finished = _finished_result(config, folder) if config.resume else None
+    # or a pipeline on this runs_dir, is refused at once by name (lib/writer_lock.py). Under torchrun,
+    # rank 0 is the writer.
+    with folder.writer() if ranks.main else contextlib.nullcontext():
+        index, config, size_note, finished = _sizes_and_finished(config, folder)
         if finished is not None:
-            print(f"resume: {config.run} already completed all {config.epochs} epochs with these parameters; "
-                  f"its results in {folder.path} are kept")  # fmt: skip
             return finished
         resumed = _resume_state(config, folder)  # before the data is read: a refusal costs nothing
-        data = load_run_data(config, index, device, size_note)
+        distributed.barrier(ranks)  # every rank has read the folder before rank 0 changes it
+        data = load_run_data(config, index, device, size_note, ranks)
         print(class_balance_line(class_balance(data, config.batch_size)))
-        training = build_training(config, device)
+        training = build_training(config, device, ranks)
         print(f"speed: {data.placement}; {describe(training.settings)}")
-        start = resume_or_start(config, folder, training, data, resumed)
-        history, elapsed = train_epochs(config, folder, training, data, start)
-        return record_result(config, folder, data, training, history, elapsed)
+        start = resume_or_start(config, folder, training, data, resumed, ranks)
+        history, elapsed = train_epochs(config, folder, training, data, start, ranks)
+        return record_result(config, folder, data, training, history, elapsed, ranks)
+
+
+def _fit_under_torchrun(config: RunConfig, entry: tuple[str, ...] = ("-m", distributed.ENTRY_MODULE)) -> RunResult:
+    """nproc_per_node processes on this node: the config written to runs/<run>/launch.json (under the
+    run's lock, so a run another process trains is refused first), torchrun started on the entry point
+    (`entry`, the module lib.training; tests give a script), its output relayed here, and the finished
+    run folder read as a one-process run's. A finished run asked to resume is read without starting
+    torchrun. Raises DistributedRunFailed naming the rank that failed and the command that resumes."""
+    print(config.profile_reason)
+    folder = RunFolder(config.run_dir)
+    _, resolved, _, finished = _sizes_and_finished(config, folder)
+    if finished is not None:
+        return finished
+    distributed.check_processes(config)
+    with folder.writer():
+        distributed.write_launch_file(config, folder.path)
+    n = config.nproc_per_node
+    command = distributed.torchrun_command(n, [*entry, str(folder.path)])
+    backend = "nccl, one GPU each" if distributed._wants_cuda(config.device) else "gloo, sharing the CPU's cores"
+    print(f"{config.run}: {n} processes ({backend}): {distributed.shown_command(command)}", flush=True)
+    start = len(folder.read_history()) if config.resume and folder.history_file.is_file() else 0
+    status, lines = distributed.run_torchrun(command, distributed.process_environment(n, config.device), config.run, resolved.epochs, start)
+    if status != 0:
+        raise distributed.DistributedRunFailed(_torchrun_failure(config, folder, status, lines))
+    return folder.check_whole()
+
+
+def _torchrun_failure(config: RunConfig, folder: RunFolder, status: int, lines: list[str]) -> str:
+    """One message for a run that torchrun ended with `status`: the rank that failed first and what it
+    said, what the run folder keeps, and the commands that resume it."""
+    rank, said = distributed.failed_rank(lines)
+    n = config.nproc_per_node
+    who = f"rank {rank} of {n} failed first ({said})" if rank is not None else f"torchrun exited with status {status}"
+    last = folder.checkpoint_file("last")
+    if last.is_file() and not folder.has_result():
+        try:
+            done = int(folder.load_checkpoint("last", lazily=True)["epoch"]) + 1
+        except Exception:  # a damaged last.pt: resuming names it
+            done = None
+        resume = (f"torchrun --standalone --nproc-per-node {n} -m {distributed.ENTRY_MODULE} {shlex.quote(str(folder.path))} resume=true")
+        kept = (f"{last} holds {done if done is not None else 'some'} completed epoch(s) of {config.epochs}, whole (rank 0 writes each "
+                f"checkpoint to a temporary name, then renames it). To continue from it: resume = True in the run's notebook (make "
+                f"run-all RESUME=true with the same parameters), or without a notebook: {resume}")  # fmt: skip
+    else:
+        kept = "No epoch was completed, so there is nothing to resume: run it again once the cause is mended"
+    return f"{config.run} on {n} processes under torchrun: {who}; torchrun stopped the other processes. {kept}"

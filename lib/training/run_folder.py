@@ -10,6 +10,8 @@
     stain_target.json   with stain_normalize: the target its tiles were normalised to (lib/data/stain.py),
                    which the evaluation normalises the test tiles to
     tensorboard/   the original's scalar tags
+    launch.json    with nproc_per_node > 1: the config a notebook's fit handed to torchrun's processes
+                   (lib/training/distributed.py); rank 0 alone writes every other file
     training.fingerprint   what the training depended on (lib/pipeline.py's training_fingerprint), written
                    by the pipeline after the run's notebook succeeded: a later `make run-all` whose training is
                    unchanged redraws the notebook from this result instead of training again

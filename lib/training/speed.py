@@ -107,12 +107,15 @@ def autocast(device: torch.device, settings: SpeedSettings):
     return contextlib.nullcontext()
 
 
-def prepare_model(model: torch.nn.Module, settings: SpeedSettings):
-    """(the module, what to call for steps): the module in the chosen memory format, and its
-    compiled form when asked. Checkpoints save the module (no compile prefixes in its state dict)."""
+def prepare_model(model: torch.nn.Module, settings: SpeedSettings, wrap=None):
+    """(the module, what to call for steps): the module in the chosen memory format, wrapped by
+    `wrap` when given (DistributedDataParallel under torchrun), and compiled when asked (around the
+    wrapper, as PyTorch's DDP documentation does). Checkpoints save the module (no compile or DDP
+    prefixes in its state dict)."""
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model, (torch.compile(model) if settings.compile else model)
+    step = wrap(model) if wrap is not None else model
+    return model, (torch.compile(step) if settings.compile else step)
 
 
 def prepare_input(tiles: torch.Tensor, settings: SpeedSettings) -> torch.Tensor:
