@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lib.config import run_config
+from lib.paths import PROJECT_ROOT
+from lib.report.facts import run_facts
 from lib.data import EpochOrder
 from lib.training import distributed, loop
 from lib.training.run_folder import RunFolder
@@ -53,6 +61,9 @@ def test_two_processes_train_the_weights_and_figures_of_one(tiny_data, tmp_path,
             assert b[name] == a[name], name
     assert two.summary["processes"] == {"processes": 2, "nodes": 1, "nproc_per_node": 2, "backend": "gloo"}
     assert one.summary["processes"]["processes"] == 1
+    # The report's environment table says how each run was trained.
+    assert run_facts(two).processes == "2 processes under torchrun (gloo, 2 per node, 1 node; DistributedDataParallel)"
+    assert run_facts(one).processes == "one process"
     # The notebook shows the run as a one-process run does: the command, the data lines, the epoch lines.
     assert "torchrun --standalone --nproc-per-node 2 -m lib.training" in shown
     assert len(re.findall(r"\|\| \[\d/2\], train_loss", shown)) == 2 and "each global batch of" in shown
@@ -216,3 +227,39 @@ def test_rank_streams_differ_and_rank_0_keeps_a_one_process_runs():
     seeds = [distributed.rank_seed(0, r) for r in ranks]
     assert seeds[0] is None and len(set(seeds[1:])) == 3
     assert distributed.rank_seed(1, ranks[1]) != seeds[1]
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line holds `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_ctrl_c_stops_torchrun_and_every_rank_and_the_run_resumes(tiny_data, tmp_path):
+    """Ctrl-C in the notebook's kernel (SIGINT to the process that called fit) while two ranks train:
+    KeyboardInterrupt there, no process of the run left behind, last.pt whole; resumed, it finishes."""
+    config = tiny_config(tiny_data, tmp_path / "runs", batch_size=8, nproc_per_node=2, epochs=30)
+    code = (f"import dataclasses, json\nfrom lib.config import RunConfig\nfrom lib.training.loop import fit\n"
+            f"fit(RunConfig(**json.loads({json.dumps(json.dumps(dataclasses.asdict(config)))})))")  # fmt: skip
+    caller = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=os.environ | {"PYTHONPATH": str(PROJECT_ROOT)})  # fmt: skip
+    history = config.run_dir / "history.json"
+    deadline = time.monotonic() + 180
+    while not (history.is_file() and len(json.loads(history.read_text() or "[]")) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    caller.send_signal(signal.SIGINT)
+    output, _ = caller.communicate(timeout=120)
+    assert caller.returncode != 0 and "KeyboardInterrupt" in output, output[-2000:]
+    time.sleep(1)
+    assert _processes_naming(str(config.run_dir)) == [], "torchrun and its ranks end with the run"
+    folder = RunFolder(config.run_dir)
+    done = int(folder.load_checkpoint("last")["epoch"]) + 1
+    assert not folder.has_result() and 2 <= done < 30
+    resumed = loop.fit(dataclasses.replace(config, resume=True))
+    assert len(resumed.history) == 30 and folder.check_whole()

@@ -173,6 +173,7 @@ class RunFacts:
     split: str
     input_path: str
     arithmetic: str
+    processes: str  # "one process", or "2 processes under torchrun (gloo, 2 per node, 1 node)"
     data_notes: tuple[str, ...]
     weights: WeightsFacts
     # Against the original
@@ -189,6 +190,15 @@ class RunFacts:
     def given_over(self) -> dict[str, tuple]:
         """The parameters set over the run's registry profile, {name: (registry's, used)}."""
         return {d.name: (d.declared, d.used) for d in self.differences if d.given_over}
+
+
+def _processes(record: dict | None) -> str:
+    """How many processes trained a run, in words, from result.json's "processes" (lib/training/distributed.py)."""
+    if not record or record.get("processes", 1) == 1 and record.get("backend", "").startswith("none"):
+        return "one process"
+    nodes, n = record["nodes"], record["processes"]
+    return (f"{n} process{'es' if n != 1 else ''} under torchrun ({record['backend']}, {record['nproc_per_node']} per node, "
+            f"{nodes} node{'s' if nodes != 1 else ''}; DistributedDataParallel)")
 
 
 def _crop(tile: int, crop: int, augment: bool) -> int | None:
@@ -260,6 +270,7 @@ def run_facts(result: RunResult, evaluation: dict | None = None) -> RunFacts:
         data_layout=s.get("data_layout", "course"), label_rule=machine_free(s.get("label_rule", ""), data_dir),
         split=machine_free(s.get("split", ""), data_dir),
         input_path=machine_free(s.get("input_path", "")), arithmetic=s.get("speed_settings", "fp32"),
+        processes=_processes(s.get("processes")),
         data_notes=tuple(machine_free(note, data_dir) for note in s.get("data_notes", [])),
         weights=_weights(s.get("weights", {})),
         original=registry.reported(c["run"]), full_epochs=registry.run_parameters(c["run"], "full")["epochs"],

@@ -572,6 +572,7 @@ def environment_table(facts: dict[str, RunFacts]) -> pd.DataFrame:
     record = {key: by_run({run: f.environment.get(key, "not recorded") for run, f in facts.items()}) for key in fields}
     record["arithmetic"] = by_run({run: f.arithmetic for run, f in facts.items()})
     record["input path"] = by_run({run: f.input_path for run, f in facts.items()})
+    record["processes"] = by_run({run: f.processes for run, f in facts.items()})
     return pd.DataFrame({"value": record})
 
 

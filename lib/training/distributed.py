@@ -273,15 +273,41 @@ def run_torchrun(command: list[str], env: dict, title: str, epochs: int, first_e
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """torchrun, asked to stop as Ctrl-C asks it (it forwards the signal to its processes); killed, with
-    its process group's workers, if it has not ended within STOP_WAIT_S."""
-    if process.poll() is None:
+    """torchrun, asked to stop as Ctrl-C asks it (it forwards the signal to its processes), unless it
+    is already stopping (a Ctrl-C in a terminal, or the pipeline's interrupt, reaches the whole process
+    group at once, and a second signal would cut its shutdown short); killed if it has not ended
+    within STOP_WAIT_S."""
+    try:
+        process.wait(2)
+        return
+    except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGINT)
     try:
         process.wait(STOP_WAIT_S)
     except subprocess.TimeoutExpired:
+        workers = _descendants(process.pid)  # read before torchrun goes: its workers would be left training, orphaned
         process.kill()
         process.wait()
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, theirs, ...), read from Linux's /proc (elsewhere none)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the command
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found += sorted(frontier)
+    return found
 
 
 def failed_rank(lines: list[str]) -> tuple[int | None, str]:

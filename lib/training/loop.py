@@ -569,7 +569,8 @@ def _fit_here(config: RunConfig, ranks: Ranks, device: torch.device) -> RunResul
     # or a pipeline on this runs_dir, is refused at once by name (lib/writer_lock.py). Under torchrun,
     # rank 0 is the writer.
     with folder.writer() if ranks.main else contextlib.nullcontext():
-        index, config, size_note, finished = _sizes_and_finished(config, folder)
+        # In turns: sizing reads the tiles' headers into the tile cache, which one process writes at a time.
+        index, config, size_note, finished = distributed.in_turns(ranks, lambda: _sizes_and_finished(config, folder))
         if finished is not None:
             return finished
         resumed = _resume_state(config, folder)  # before the data is read: a refusal costs nothing
@@ -589,11 +590,11 @@ def _fit_under_torchrun(config: RunConfig, entry: tuple[str, ...] = ("-m", distr
     (`entry`, the module lib.training; tests give a script), its output relayed here, and the finished
     run folder read as a one-process run's. A finished run asked to resume is read without starting
     torchrun. Raises DistributedRunFailed naming the rank that failed and the command that resumes."""
-    print(config.profile_reason)
     folder = RunFolder(config.run_dir)
-    _, resolved, _, finished = _sizes_and_finished(config, folder)
-    if finished is not None:
-        return finished
+    if config.resume:  # a finished run is read here, without starting torchrun (the pipeline redraws runs this way)
+        _, _, _, finished = _sizes_and_finished(config, folder)
+        if finished is not None:
+            return finished
     distributed.check_processes(config)
     with folder.writer():
         distributed.write_launch_file(config, folder.path)
@@ -602,7 +603,7 @@ def _fit_under_torchrun(config: RunConfig, entry: tuple[str, ...] = ("-m", distr
     backend = "nccl, one GPU each" if distributed._wants_cuda(config.device) else "gloo, sharing the CPU's cores"
     print(f"{config.run}: {n} processes ({backend}): {distributed.shown_command(command)}", flush=True)
     start = len(folder.read_history()) if config.resume and folder.history_file.is_file() else 0
-    status, lines = distributed.run_torchrun(command, distributed.process_environment(n, config.device), config.run, resolved.epochs, start)
+    status, lines = distributed.run_torchrun(command, distributed.process_environment(n, config.device), config.run, config.epochs, start)
     if status != 0:
         raise distributed.DistributedRunFailed(_torchrun_failure(config, folder, status, lines))
     return folder.check_whole()
