@@ -8,8 +8,11 @@
 # Run parameters: any RunConfig field (lib/config.py) in upper case, e.g. `make run-all EPOCHS=3
 # TILE_SIZE=96`, or several at once with SET="epochs=3 tile_size=96"; DATA=<data dir or CSV> and
 # WEIGHTS=<file.pth> are shortcuts for data_dir and weights_path; RUNS=baseline,resnet50-10ep runs a
-# subset. lib/pipeline.py reads them from make's command line (MAKEFLAGS), so nothing here names a
-# parameter, and a name that is no parameter fails there.
+# subset; JOBS=N executes N run notebooks at once (each on GPUs of its own where there are several, else
+# sharing the GPU or the CPU's cores; each one's output in reports/executed/<notebook>.log), then the
+# evaluation. lib/pipeline.py reads them from make's command line (MAKEFLAGS), so nothing here names a
+# parameter, and a name that is no parameter fails there. (JOBS is not make's own -j: the recipes
+# stay one after another.)
 
 PYTHON ?= python3
 VENV := .venv

@@ -4,6 +4,7 @@ A map, by part; arrows point down (a part imports only those below it):
 
     doors        pipeline.py    `make run-all` / `make report`: make's command line, preflight checks,
                                 notebooks through papermill, stage fingerprints (what reruns when)
+                 jobs.py        `make run-all JOBS=N`: the devices and kernel environment of each run at once
                  lab.py         `make lab`: JupyterLab on 127.0.0.1
     report/      evaluate.py    test predictions from each run's best checkpoint, the submission
                  facts.py       per-run facts as typed records, computed once from a run's folder

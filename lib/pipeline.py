@@ -4,13 +4,15 @@ Parameters travel one way: any settable RunConfig field (lib/config.py) given he
 run notebook as a papermill parameter, converted and checked by the field's type before the first
 notebook starts; a name that is no field fails, naming the accepted ones.
 
-    make run-all [NAME=value ...] [SET="name=value ..."] [DATA=dir] [WEIGHTS=file.pth] [RUNS=a,b]
+    make run-all [NAME=value ...] [SET="name=value ..."] [DATA=dir] [WEIGHTS=file.pth] [RUNS=a,b] [JOBS=N]
     python -m lib.pipeline run-all [name=value ...]        # the same, without make
     python -m lib.pipeline report [runs_dir=... reports_dir=...]
 
 A make variable NAME is the field name in upper case (EPOCHS=3, TILE_SIZE=96); DATA and WEIGHTS are
 shortcuts for data_dir and weights_path. Besides the fields: `runs` (a comma-separated subset of the
-registry's runs; the evaluation runs only with all of them) and `reports_dir`.
+registry's runs; the evaluation runs only with all of them), `reports_dir`, and `jobs` (N run
+notebooks at once, each with GPUs of its own where there are several, else sharing the GPU or the
+CPU's cores; lib/jobs.py), with the evaluation's second_test and tta.
 
 Each stage reruns when what it reads changed since its last successful execution, and only then.
 "The lib files X imports" is X's code_closure: lib modules found by parsing imports (top-level and
@@ -36,8 +38,11 @@ runs_dir and reports_dir are locked for the whole run (lib/writer_lock.py): a se
 notebook's fit, on them is refused by name. SIGTERM (a time limit, `timeout`) stops it as Ctrl-C does,
 with the resume hint. Notebook fingerprints are kept in reports/executed/.stamps/. A failing notebook stops the pipeline
 with a non-zero exit; its executed copy stays in reports/executed/ with the error shown, and the
-runs that finished before it keep their results. Ctrl-C and SIGTERM interrupt the running kernel
-and end with one line: what was kept, and the command that goes on (exit 130 or 143).
+runs that finished before it keep their results. With JOBS=N a failing run stops no other: the runs
+running and those not started yet run to their end, each one's output in reports/executed/<notebook>.log,
+and then one message names every failed run with its resume hint; the evaluation is not run. Ctrl-C
+and SIGTERM interrupt the running kernel (every running kernel, with JOBS=N) and end with one
+message: what was kept, and the command that goes on (exit 130 or 143).
 """
 
 from __future__ import annotations
@@ -51,11 +56,16 @@ import os
 import shlex
 import signal
 import sys
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from lib import paths, registry
 from lib.config import BASELINE_TILE, PRETRAINED_FIELDS, ParameterError, convert, run_config, settable_fields
+from lib.jobs import DevicePlan, check_devices, check_jobs, cpu_cores, processes_of, visible_gpus
 from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
 from lib.writer_lock import FolderInUse
 
@@ -69,6 +79,8 @@ PIPELINE_OPTIONS = {
     "second_test": "a second labelled test set in any supported layout, every run scored on it too (default auto: the generated "
                    "other-laboratory set with the generated data, none otherwise; '' for none)",
     "tta": "runs also scored with test-time augmentation, the mean over each tile's 8 flips and rotations: none, final (default) or all",
+    "jobs": "run notebooks executed at once (default 1: one after another), each with devices of its own (lib/jobs.py) and its "
+            "output in reports/executed/<notebook>.log; the evaluation follows once all have finished",
 }
 EVALUATION_OPTIONS = ("second_test", "tta")
 # make variables that are shortcuts users look for; every other NAME is the field name in upper case.
@@ -162,6 +174,8 @@ def checked_settings(settings: dict) -> tuple[dict, dict]:
         if parameters.get(name):  # notebooks run in notebooks/: every path goes to them absolute
             parameters[name] = str(resolve(parameters[name]))
     options = {name: value for name, value in settings.items() if name in PIPELINE_OPTIONS}
+    if "jobs" in options:
+        options["jobs"] = check_jobs(options["jobs"])
     if options.get("tta") is not None:
         from lib.report.evaluate import TTA_CHOICES
 
@@ -387,7 +401,7 @@ def require_kernel() -> None:
 def require_writable(folder: Path, name: str) -> None:
     """`folder` (a parameter `name`) can be created and written to, checked before anything runs,
     so that a run is not lost at its end for want of a place to save it."""
-    probe = folder / f".write-check-{os.getpid()}"
+    probe = folder / f".write-check-{os.getpid()}-{threading.get_ident()}"  # its own per thread: run notebooks start at once (JOBS)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_text("")
@@ -398,21 +412,18 @@ def require_writable(folder: Path, name: str) -> None:
 
 
 def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
-    """Run one notebook with papermill into `executed_dir`; raise NotebookFailed with a clear message on failure."""
+    """Run one notebook with papermill into `executed_dir`; raise NotebookFailed with a clear message on failure.
+    Called from a job's thread (make run-all JOBS=N, _run_concurrently), its kernel starts with that
+    job's devices, and its output and these lines go to the job's log file instead of the console."""
     from papermill.exceptions import PapermillExecutionError
 
     check_parameters(notebook, parameters)
     require_kernel()
     require_writable(executed_dir, "reports_dir")
     output = executed_dir / notebook
-    # The kernel imports lib/ from this checkout whatever its Python's site-packages say (the .pth that
-    # `make venv` writes is not there after a plain `pip install -r requirements.txt`).
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *(p for p in paths if p != str(PROJECT_ROOT))])
-    # Kernels inherit it: papermill keeps a kernel's output as text in the executed notebook and the log,
-    # where a progress bar redrawn in place piles up as fragments; lib/progress.py writes plain lines instead.
-    os.environ.setdefault("HISTO_PROGRESS", "plain")
-    print(f"\n=== executing notebooks/{notebook} -> {output}", flush=True)
+    _kernel_environment()
+    job = _current_job()
+    _tell(job, f"\n=== executing notebooks/{notebook} -> {output}")
     start = time.perf_counter()
     try:
         _papermill_stoppable(notebook, output, parameters)
@@ -424,7 +435,58 @@ def execute(notebook: str, executed_dir: Path, parameters: dict) -> None:
     except (RuntimeError, OSError, ValueError) as error:  # the kernel died or could not start
         raise NotebookFailed(f"notebooks/{notebook} could not be executed: {type(error).__name__}: {error}\n"
                              f"What it ran so far is in {output}") from None  # fmt: skip
-    print(f"=== {notebook} done in {time.perf_counter() - start:.0f} s", flush=True)
+    _tell(job, f"=== {notebook} done in {time.perf_counter() - start:.0f} s")
+
+
+def _kernel_environment() -> None:
+    """What every notebook's kernel inherits from this process's environment, set where it differs
+    (so that once the main thread has set it, a job's thread calling this writes nothing to os.environ)."""
+    # The kernel imports lib/ from this checkout whatever its Python's site-packages say (the .pth that
+    # `make venv` writes is not there after a plain `pip install -r requirements.txt`).
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    wanted = os.pathsep.join([str(PROJECT_ROOT), *(p for p in paths if p != str(PROJECT_ROOT))])
+    if os.environ.get("PYTHONPATH") != wanted:
+        os.environ["PYTHONPATH"] = wanted
+    # Kernels inherit it: papermill keeps a kernel's output as text in the executed notebook and the log,
+    # where a progress bar redrawn in place piles up as fragments; lib/progress.py writes plain lines instead.
+    if "HISTO_PROGRESS" not in os.environ:
+        os.environ["HISTO_PROGRESS"] = "plain"
+
+
+_console = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One line to the console, written whole: run notebooks executing at once report from their threads."""
+    with _console:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+@dataclass
+class _Job:
+    """A run notebook executing beside others (JOBS > 1), as `execute` in its thread sees it."""
+
+    log: TextIO | None  # reports/executed/<notebook>.log, opened by its thread: its kernel's output, papermill's lines, execute's own
+    environment: dict[str, str]  # what its kernel's environment adds to the pipeline's (lib/jobs.py)
+    stopping: threading.Event  # set by the main thread on Ctrl-C or SIGTERM: no cell starts after it
+    kernels: list = field(default_factory=list)  # its kernel managers, for the main thread to interrupt
+
+
+_thread_job = threading.local()
+
+
+def _current_job() -> _Job | None:
+    return getattr(_thread_job, "job", None)
+
+
+def _tell(job: _Job | None, line: str) -> None:
+    """A line of `execute`'s: to the console, or to the job's log where it runs beside others."""
+    if job is None:
+        _say(line)
+    else:
+        job.log.write(line + "\n")
+        job.log.flush()
 
 
 class NotebookFailed(RuntimeError):
@@ -432,7 +494,12 @@ class NotebookFailed(RuntimeError):
 
 
 class NotebookInterrupted(NotebookFailed):
-    """A notebook stopped by Ctrl-C or SIGTERM; the message says where and what was kept."""
+    """A notebook stopped by Ctrl-C or SIGTERM; the message says where and what was kept. `continues`:
+    the message ends with the command that goes on (a run's resume hint), so none is added to it."""
+
+    def __init__(self, message: str, continues: bool = False):
+        super().__init__(message)
+        self.continues = continues
 
 
 # After Ctrl-C, how long the kernel gets to end its cell (its KeyboardInterrupt, shown in the executed
@@ -446,31 +513,17 @@ def _papermill_stoppable(notebook: str, output: Path, parameters: dict) -> None:
     kernel to shut down, the running cell carries on to its end, and the notebook either finishes as if
     nothing happened or fails as "kernel died". Here the kernel is interrupted instead (the executed copy
     shows KeyboardInterrupt in the cell it stopped), given KERNEL_STOP_S to end, then killed, and
-    KeyboardInterrupt is raised again. Raises what papermill raises."""
-    import threading
-
-    import papermill
-    from jupyter_client.manager import AsyncKernelManager
-
-    kernels = []
-
-    class RecordedKernelManager(AsyncKernelManager):  # papermill makes the manager; this is how we learn its kernel
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            kernels.append(self)
-
-    def refuse_after_stop(**_):  # nbclient calls it before each cell: a kernel that was starting, or between cells, gets no more
-        if stopping.is_set():
-            raise RuntimeError("stopped (Ctrl-C or SIGTERM) before this cell")
-
-    outcome = {}
+    KeyboardInterrupt is raised again. In a job's thread (JOBS > 1) papermill runs in that thread, and
+    the main thread stops the kernels of all jobs (_run_concurrently). Raises what papermill raises."""
+    job = _current_job()
+    if job is not None:
+        _papermill(notebook, output, parameters, job.kernels, job.stopping, job)
+        return
+    kernels, outcome = [], {}
 
     def work():
         try:
-            papermill.execute_notebook(
-                str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME, cwd=str(NOTEBOOKS_DIR),
-                log_output=True, progress_bar=False, kernel_manager_class=RecordedKernelManager, on_cell_start=refuse_after_stop,
-            )  # fmt: skip
+            _papermill(notebook, output, parameters, kernels, stopping)
         except BaseException as error:  # handed to the main thread, which raises it
             outcome["error"] = error
         finally:
@@ -490,13 +543,46 @@ def _papermill_stoppable(notebook: str, output: Path, parameters: dict) -> None:
         raise outcome["error"]
 
 
+def _papermill(notebook: str, output: Path, parameters: dict, kernels: list, stopping: threading.Event, job: _Job | None = None) -> None:
+    """papermill.execute_notebook, its kernel manager recorded in `kernels` and no cell started once
+    `stopping` is set. For a `job`, the kernel starts with the job's environment, in notebooks/, its
+    process's output and its cells' output going to the job's log rather than the console."""
+    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+
+    class RecordedKernelManager(AsyncKernelManager):  # papermill makes the manager; this is how we learn its kernel
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            kernels.append(self)
+
+        async def _async_pre_start_kernel(self, **kw):
+            if job is not None:  # the provisioner passes these on to the kernel's Popen
+                kw |= {"env": {**os.environ, **job.environment}, "cwd": str(NOTEBOOKS_DIR), "stdout": job.log, "stderr": job.log}
+            return await super()._async_pre_start_kernel(**kw)
+
+    def refuse_after_stop(**_):  # nbclient calls it before each cell: a kernel that was starting, or between cells, gets no more
+        if stopping.is_set():
+            raise RuntimeError("stopped (Ctrl-C or SIGTERM) before this cell")
+
+    if job is None:
+        where = {"cwd": str(NOTEBOOKS_DIR), "log_output": True}
+    else:
+        # Not papermill's cwd, which changes the whole process's directory (os.chdir) under every job's
+        # thread: the kernel manager starts the kernel in notebooks/ instead.
+        where = {"log_output": False, "stdout_file": job.log, "stderr_file": job.log}
+    papermill.execute_notebook(
+        str(NOTEBOOKS_DIR / notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME, progress_bar=False,
+        kernel_manager_class=RecordedKernelManager, on_cell_start=refuse_after_stop, **where,
+    )  # fmt: skip
+
+
 def _stop_kernels(kernels, done) -> None:
     """Interrupt the kernels' process groups (the cell raises KeyboardInterrupt, papermill writes the
     executed copy); kill them if the worker has not ended within KERNEL_STOP_S, or at once on a second
-    Ctrl-C."""
+    Ctrl-C. `kernels`: the kernel managers, or a function returning those running now."""
 
     def send(signum):
-        for manager in kernels:
+        for manager in list(kernels() if callable(kernels) else kernels):
             group = getattr(manager.provisioner, "pgid", None)
             if group:
                 try:
@@ -531,9 +617,9 @@ def _unchanged(notebook: str, executed_dir: Path, stamp: str, outputs: list[Path
     if _stamp_matches(notebook, executed_dir, stamp):
         gone = [str(path) for path in outputs if not Path(path).is_file()]
         if not gone:
-            print(f"=== {notebook}: unchanged since its last successful execution, skipped", flush=True)
+            _say(f"=== {notebook}: unchanged since its last successful execution, skipped")
             return True
-        print(f"=== {notebook}: unchanged, but what it wrote is gone ({', '.join(gone)}): executing it again", flush=True)
+        _say(f"=== {notebook}: unchanged, but what it wrote is gone ({', '.join(gone)}): executing it again")
     stamp_file.unlink(missing_ok=True)  # a failure from here on must not leave the old stamp to pass for this one
     return False
 
@@ -554,9 +640,11 @@ def _run_if_changed(notebook: str, executed_dir: Path, parameters: dict, stamp: 
     if _unchanged(notebook, executed_dir, stamp, outputs):
         return False
     if redraw:
-        print(redraw, flush=True)
+        _say(redraw)
         parameters = parameters | {"resume": True}
     _remove_outputs(notebook, replaces, "before it runs again")
+    if _current_job() is None:  # its output goes to the console: a log an earlier JOBS=N run left would pass for this execution's
+        _log_file(executed_dir, notebook).unlink(missing_ok=True)
     execute(notebook, executed_dir, parameters)
     _record_stamp(notebook, executed_dir, stamp)
     return True
@@ -571,8 +659,8 @@ def _remove_outputs(notebook: str, files: list[Path], when: str = "") -> list[Pa
     for path in removed:
         path.unlink()
     if removed and when:
-        print(f"=== {notebook}: {', '.join(_shown(path) for path in removed)} removed {when}, so that a stop midway leaves no mix of "
-              "old and new", flush=True)  # fmt: skip
+        _say(f"=== {notebook}: {', '.join(_shown(path) for path in removed)} removed {when}, so that a stop midway leaves no mix of "
+             "old and new")  # fmt: skip
     return removed
 
 
@@ -709,6 +797,215 @@ def _child_processes() -> list[int]:
     return children
 
 
+@dataclass
+class _RunStep:
+    """A run as run_all executes it: its notebook, what the notebook is given, and the fingerprints
+    that decide whether it is skipped, redrawn or executed."""
+
+    run: str
+    config: object  # its RunConfig
+    notebook: str
+    given: dict  # the parameters its notebook gets
+    training: str  # its training fingerprint
+    stamp: str  # its notebook's fingerprint
+    folder: object  # its RunFolder
+    redraw: str  # the line saying why it is redrawn, or "" when it is not
+
+
+def _prepare_run(run: str, config, per_run: tuple[dict, str], weights_file: list | None, data: str, executed_dir: Path) -> _RunStep:
+    """Everything run_all does for a run before its notebook: its training and notebook fingerprints,
+    whether it is redrawn, `fresh` forgetting its stamp, a run that passes for done checked whole
+    (raises DamagedRunFolder, by name), and the parameters its model cannot take said."""
+    from lib.training.run_folder import RunFolder
+
+    notebook = registry.run_entry(run)["notebook"]
+    # `resume` says how to reach a run's result, not what it is: `make run-all RESUME=true` after an
+    # interruption skips the finished runs and continues the interrupted one.
+    training = training_fingerprint(training_parameters(config, weights_file), data)
+    stamp = fingerprint(notebook, {}, data, upstream=[training])
+    folder = RunFolder(config.run_dir)
+    redraw = ""
+    if folder.has_result() and folder.training_fingerprint() == training:
+        redraw = (f"=== {notebook}: training unchanged since its last run; re-executing it to redraw from "
+                  f"{_shown(folder.path)} without training")  # fmt: skip
+    if config.fresh:  # asked to train again from the beginning: neither skipped nor redrawn
+        _stamp_file(notebook, executed_dir).unlink(missing_ok=True)
+        redraw = ""
+    elif folder.has_result() and (redraw or _stamp_matches(notebook, executed_dir, stamp)):
+        folder.check_whole()  # skipped or redrawn, it passes for done: a damaged or partial run stops here, by name
+    given, left_out = per_run
+    if left_out:
+        _say(left_out)
+    return _RunStep(run, config, notebook, given, training, stamp, folder, redraw)
+
+
+def _execute_run(step: _RunStep, executed_dir: Path, settings: dict) -> None:
+    """A run's notebook executed unless unchanged (with resume=True where only its drawing changed),
+    and its training fingerprint recorded once it succeeded. Raises NotebookFailed, and
+    NotebookInterrupted on Ctrl-C or SIGTERM, each with the command that continues the run where its
+    last.pt allows (resume_hint)."""
+    try:
+        if _run_if_changed(step.notebook, executed_dir, step.given, step.stamp, outputs=[step.folder.result_file], redraw=step.redraw):
+            step.folder.record_training_fingerprint(step.training)
+    except NotebookFailed as error:
+        raise NotebookFailed(f"{error}{resume_hint(step.config, settings)}") from None
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the kernel stops with the pipeline; what it saved stays
+        hint = resume_hint(step.config, settings)
+        raise NotebookInterrupted(f"notebooks/{step.notebook} {_stopped_how(stop)}{hint}", continues=bool(hint)) from None
+
+
+def _stopped_how(stop: BaseException) -> str:
+    return "was stopped by SIGTERM (a time limit, `timeout` or kill)" if isinstance(stop, Terminated) else "was interrupted"
+
+
+def _cuda_runs(configs: dict, jobs: int) -> tuple[set[str], list[str]]:
+    """With JOBS > 1: the runs whose device is CUDA, and the GPUs this process sees, by the names a
+    kernel's CUDA_VISIBLE_DEVICES gives them (lib/jobs.py); with JOBS=1, neither is needed."""
+    if jobs == 1:
+        return set(), []
+    import torch
+
+    from lib.training.speed import resolve_device
+
+    cuda = {run for run, config in configs.items() if resolve_device(config.device).type == "cuda"}
+    return cuda, visible_gpus(torch.cuda.device_count() if cuda else 0)
+
+
+class _JobLogs(logging.Filter):
+    """papermill's own lines (its logger) from a job's thread go to that job's log, not the console."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs: dict[int, TextIO] = {}  # thread ident -> its job's log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        log = self.logs.get(record.thread)
+        if log is None:
+            return True
+        log.write(record.getMessage() + "\n")
+        log.flush()
+        return False
+
+
+def _log_file(executed_dir: Path, notebook: str) -> Path:
+    return executed_dir / f"{Path(notebook).stem}.log"
+
+
+def _run_concurrently(steps: list[_RunStep], executed_dir: Path, settings: dict, jobs: int, cuda_runs: set[str], gpus: list[str]) -> None:
+    """Execute the run notebooks of `steps` that changed, `jobs` at once, in registry order, each in a
+    thread of its own that calls `execute` (_execute_run, as one after another) with a kernel of its
+    own: its devices from a DevicePlan (lib/jobs.py; a run on CUDA waits until enough GPUs are free),
+    its output in reports/executed/<notebook>.log, and a line here as it starts, finishes or fails.
+    A run that fails stops nothing: those running and those not started yet run to their end, and
+    then NotebookFailed names every failed run with its resume hint. Ctrl-C or SIGTERM interrupts
+    every running kernel (killed after KERNEL_STOP_S), starts no other, and raises
+    NotebookInterrupted naming what was interrupted, what finished and what did not start."""
+    todo = [step for step in steps if not _unchanged(step.notebook, executed_dir, step.stamp, outputs=[step.folder.result_file])]
+    if not todo:
+        return
+    from jupyter_client.connect import LocalPortCache
+    from jupyter_client.provisioning import KernelProvisionerFactory
+
+    executed_dir.mkdir(parents=True, exist_ok=True)  # the logs' folder, before the first notebook makes it
+    _kernel_environment()  # set here, once, before any job's thread reads os.environ
+    LocalPortCache.instance(), KernelProvisionerFactory.instance()  # process-wide singletons: made here, not raced for by threads
+    at_once = min(jobs, len(todo))
+    plan = DevicePlan(at_once, gpus, cpu_cores())
+    _say(f"=== {len(todo)} run notebook(s) to execute, {at_once} at once (jobs={jobs}), {plan.describe()}; each one's output goes to "
+         f"{_shown(_log_file(executed_dir, '<notebook>'))}, and a line here as each starts and ends; then the evaluation")  # fmt: skip
+    pending, running, started, ended = deque(todo), {}, [], []  # ended: (step, error or None, seconds, whether the stop had come)
+    changed, idle, stopping = threading.Condition(), threading.Event(), threading.Event()
+    idle.set()
+    logs = _JobLogs()
+
+    def work(step: _RunStep, job: _Job, placement) -> None:
+        began, error = time.perf_counter(), None
+        try:
+            job.log = open(_log_file(executed_dir, step.notebook), "w", buffering=1)
+            logs.logs[threading.get_ident()] = job.log
+            _thread_job.job = job
+            _execute_run(step, executed_dir, settings)
+        except BaseException as caught:  # reported by the main thread
+            error = caught
+        finally:
+            _thread_job.job = None
+            logs.logs.pop(threading.get_ident(), None)
+            if job.log is not None:
+                job.log.close()
+            with changed:
+                running.pop(step.run)
+                plan.release(placement)
+                ended.append((step, error, time.perf_counter() - began, stopping.is_set()))
+                if not running:
+                    idle.set()
+                changed.notify_all()
+
+    def say_ended(step: _RunStep, error: BaseException | None, seconds: float) -> None:
+        executed, log = _shown(executed_dir / step.notebook), _shown(_log_file(executed_dir, step.notebook))
+        if error is None:
+            _say(f"=== {step.run}: done in {seconds:.0f} s ({executed}, its output in {log})")
+        else:
+            _say(f"=== {step.run}: FAILED after {seconds:.0f} s: {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
+                 f"the executed notebook is {executed}, its output {log}")  # fmt: skip
+
+    papermill_log = logging.getLogger("papermill")
+    papermill_log.addFilter(logs)
+    reported = 0
+    try:
+        try:
+            with changed:
+                while pending or running:
+                    while pending and len(running) < jobs:
+                        step = pending[0]
+                        placement = plan.place(step.run in cuda_runs, processes_of(step.config))
+                        if placement is None:  # too few GPUs free: it waits, and the runs after it wait behind it (in order)
+                            break
+                        pending.popleft()
+                        job = _Job(log=None, environment=placement.environment, stopping=stopping)
+                        running[step.run] = job
+                        started.append(step)
+                        idle.clear()
+                        _say(f"=== {step.run}: started ({len(running)} of {at_once} at once) on {placement.where}: notebooks/{step.notebook} "
+                             f"-> {_shown(executed_dir / step.notebook)}, its output in {_shown(_log_file(executed_dir, step.notebook))}")  # fmt: skip
+                        threading.Thread(target=work, args=(step, job, placement), name=f"run {step.run}", daemon=True).start()
+                    if not running:  # every GPU is free, yet the next run found too few: check_devices refuses such a run first
+                        raise RuntimeError(f"{pending[0].run} cannot be placed on the {len(gpus)} GPU(s) here, which check_devices "
+                                           "(lib/jobs.py) should have refused before any run started: a fault of the workbook")  # fmt: skip
+                    changed.wait()
+                    for step, error, seconds, _ in ended[reported:]:
+                        say_ended(step, error, seconds)
+                    reported = len(ended)
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: every running kernel is interrupted; what they saved stays
+            stopping.set()
+            not_started = [step.run for step in pending]
+            pending.clear()
+            _stop_kernels(lambda: [manager for job in list(running.values()) for manager in job.kernels], idle)
+            with changed:
+                done = [step.run for step, error, *_ in ended if error is None]
+                failed = {step.run: error for step, error, _, after in ended if error is not None and not after}
+            interrupted = [step for step in started if step.run not in done and step.run not in failed]
+            hints = {step.run: resume_hint(step.config, settings) for step in interrupted}
+            said = [f"notebooks/{step.notebook} {_stopped_how(stop)}{hints[step.run]}" for step in interrupted]
+            said += [f"{run} had failed before: {error}" for run, error in failed.items()]
+            kept = f"; {', '.join(done)} finished and {'is' if len(done) == 1 else 'are'} kept" if done else ""
+            waiting = f"; not started: {', '.join(not_started)}" if not_started else ""
+            raise NotebookInterrupted(f"run-all was stopped with {len(interrupted)} run notebook(s) executing (jobs={jobs}){kept}{waiting}:\n"
+                                      + "\n".join(said), continues=any(hints.values())) from None  # fmt: skip
+    finally:
+        papermill_log.removeFilter(logs)
+    failures = [(step, error) for step, error, *_ in ended if error is not None]
+    expected = (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError, FolderInUse)
+    for _, error in failures:
+        if not isinstance(error, expected):  # a fault of the code, not of a run: its traceback, as one after another
+            raise error
+    if failures:
+        listed = "\n".join(f"- {step.run}: " + str(error).replace("\n", "\n  ") + f"\n  its output: {_shown(_log_file(executed_dir, step.notebook))}"
+                           for step, error in failures)  # fmt: skip
+        others = "; the others ran to their end and keep their results" if len(failures) < len(todo) else ""
+        raise NotebookFailed(f"{len(failures)} of the {len(todo)} run notebook(s) failed{others}; the evaluation was not run (it scores "
+                             f"every run):\n{listed}")  # fmt: skip
+
+
 def run_all(settings: dict | None = None) -> None:
     """Execute the registry's run notebooks, then the evaluation, with `settings` (run parameters
     by field name, as text or typed, and pipeline options). Every run's config is built and checked
@@ -716,9 +1013,10 @@ def run_all(settings: dict | None = None) -> None:
     set fails at once. runs_dir and reports_dir are locked for the whole run: another pipeline, or a
     notebook's fit, on them is refused, and this one is refused (FolderInUse, naming the holder) while
     another holds them. A finished run is checked whole (RunFolder.check_whole) before it is skipped
-    or redrawn; a damaged one stops the pipeline (DamagedRunFolder, naming the file and what to do)."""
+    or redrawn; a damaged one stops the pipeline (DamagedRunFolder, naming the file and what to do).
+    The option `jobs` (N > 1) executes the run notebooks N at once (_run_concurrently); a placement
+    JOBS cannot make (too few GPUs, a run pinned to cuda:N) is refused by name (ParameterError) first."""
     from lib.data import read_run_layout
-    from lib.training.run_folder import RunFolder
     from lib.writer_lock import held_for_children
 
     parameters, options = checked_settings(settings or {})
@@ -750,36 +1048,18 @@ def run_all(settings: dict | None = None) -> None:
         ensure_data(Path(first.data_dir))
         data = data_fingerprint(read_run_layout(first))
         weights = preflight(configs.values())
-        trainings = []
+        jobs = options.get("jobs", 1)
+        cuda_runs, gpus = _cuda_runs(configs, jobs)
+        check_devices(configs, cuda_runs, jobs, gpus)
+        steps = []
         for run, config in configs.items():
-            notebook = registry.run_entry(run)["notebook"]
-            # `resume` says how to reach a run's result, not what it is: `make run-all RESUME=true` after an
-            # interruption skips the finished runs and continues the interrupted one.
-            training = training_fingerprint(training_parameters(config, weights.get(run)), data)
-            stamp = fingerprint(notebook, {}, data, upstream=[training])
-            folder = RunFolder(config.run_dir)
-            redraw = ""
-            if folder.has_result() and folder.training_fingerprint() == training:
-                redraw = (f"=== {notebook}: training unchanged since its last run; re-executing it to redraw from "
-                          f"{_shown(folder.path)} without training")  # fmt: skip
-            if config.fresh:  # asked to train again from the beginning: neither skipped nor redrawn
-                _stamp_file(notebook, executed_dir).unlink(missing_ok=True)
-                redraw = ""
-            elif folder.has_result() and (redraw or _stamp_matches(notebook, executed_dir, stamp)):
-                folder.check_whole()  # skipped or redrawn, it passes for done: a damaged or partial run stops here, by name
-            given, left_out = per_run[run]
-            if left_out:
-                print(left_out, flush=True)
-            try:
-                if _run_if_changed(notebook, executed_dir, given, stamp, outputs=[folder.result_file], redraw=redraw):
-                    folder.record_training_fingerprint(training)
-            except NotebookFailed as error:
-                raise NotebookFailed(f"{error}{resume_hint(config, settings)}") from None
-            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the kernel stops with the pipeline; what it saved stays
-                how = "was stopped by SIGTERM (a time limit, `timeout` or kill)" if isinstance(stop, Terminated) else "was interrupted"
-                raise NotebookFailed(f"notebooks/{notebook} {how}{resume_hint(config, settings)}") from None
-            # The evaluation scores the best checkpoints: one trained again (fresh=True) with the same fingerprint is another file.
-            trainings.append([training, _file_identity(folder.checkpoint_file("best"))])
+            steps.append(_prepare_run(run, config, per_run[run], weights.get(run), data, executed_dir))
+            if jobs == 1:  # one after another, as each is prepared
+                _execute_run(steps[-1], executed_dir, settings)
+        if jobs > 1:
+            _run_concurrently(steps, executed_dir, settings, jobs, cuda_runs, gpus)
+        # The evaluation scores the best checkpoints: one trained again (fresh=True) with the same fingerprint is another file.
+        trainings = [[step.training, _file_identity(step.folder.checkpoint_file("best"))] for step in steps]
         if runs != registry.run_names():
             print(f"=== evaluation not run: it scores the final run with all runs done, and runs={','.join(runs)} was asked for", flush=True)
             return
@@ -989,7 +1269,11 @@ def main(argv: list[str] | None = None) -> int:
                 report(folders_given)
     except (NotebookInterrupted, KeyboardInterrupt) as error:
         stopped = str(error) if isinstance(error, NotebookInterrupted) else f"{command} was interrupted; the stages that finished are kept"
-        print(f"\nINTERRUPTED: {stopped}. To go on: {again_command(command, settings, '--from-make' in rest)}", file=sys.stderr, flush=True)
+        go_on = ""
+        if not getattr(error, "continues", False):  # else it ends with the command that continues the interrupted run
+            again = again_command(command, settings, "--from-make" in rest)
+            go_on = f"\nTo go on: {again}" if "\n" in stopped else f". To go on: {again}"
+        print(f"\nINTERRUPTED: {stopped}{go_on}", file=sys.stderr, flush=True)
         return 128 + (received[-1] if received else signal.SIGINT)  # the shell's status for a process a signal stopped
     except (NotebookFailed, SetupError, FileNotFoundError, FileExistsError, ValueError, TypeError, FolderInUse) as error:
         print(f"\nERROR: {error}", file=sys.stderr, flush=True)

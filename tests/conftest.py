@@ -51,15 +51,15 @@ TINY_WORKBOOK = {"profile": "quick", "device": "cpu", "seed": "0", "epochs": "1"
 @pytest.fixture(scope="session")
 def executed_workbook(tiny_data, resnet50_weights_file, tmp_path_factory):
     """The whole product on the tiny set, through `make run-all`'s own path (lib/pipeline.run_all:
-    every parameter as text, as make gives it, with a ResNet50 weights file as WEIGHTS= and a tiny
-    other-laboratory set as SECOND_TEST=), then the
+    every parameter as text, as make gives it, with a ResNet50 weights file as WEIGHTS=, a tiny
+    other-laboratory set as SECOND_TEST=, and two run notebooks at once, JOBS=2), then the
     report notebook executed and rendered to HTML. Runs once; returns the folder with runs/ and
     reports/ (executed notebooks in reports/executed/)."""
     base = tmp_path_factory.mktemp("workbook")
     # A second test set: new tissue stained as another laboratory stains, as the generated default data brings one.
     other_lab = generate_other_lab(base / "tiny-other-lab", OtherLabSpec(n_test=16, seed=11), workers=2)
     pipeline.run_all(TINY_WORKBOOK | {"data_dir": str(tiny_data), "runs_dir": str(base / "runs"), "reports_dir": str(base / "reports"),
-                                      "weights_path": str(resnet50_weights_file), "second_test": str(other_lab)})  # fmt: skip
+                                      "weights_path": str(resnet50_weights_file), "second_test": str(other_lab), "jobs": "2"})  # fmt: skip
     executed = base / "reports" / "executed"
     pipeline.execute(pipeline.REPORT_NOTEBOOK, executed, {"runs_dir": str(base / "runs"), "reports_dir": str(base / "reports")})
     render_html(executed / pipeline.REPORT_NOTEBOOK, base / "reports" / "report.html")  # the PDF has its own tests

@@ -228,6 +228,24 @@ def test_ctrl_c_during_a_run_ends_with_the_resume_command_not_a_traceback(monkey
         pipeline.run_all(settings)
 
 
+def test_ctrl_c_during_a_run_through_main_ends_interrupted_with_status_130_and_the_resume_command(monkeypatch, tmp_path, tiny_data, capsys):
+    """As the evaluation and the report end: INTERRUPTED and 128 + the signal, not ERROR and 1; the
+    command that goes on is the resume hint's, not a plain rerun."""
+    def interrupted(notebook, executed_dir, parameters):
+        folder = tmp_path / "runs" / "baseline"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"epoch": 0}, folder / "last.pt")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "execute", interrupted)
+    settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"), "runs": "baseline"}
+    assert pipeline.main(["run-all", *(f"{name}={value}" for name, value in settings.items())]) == 130
+    err = capsys.readouterr().err
+    said = err[err.index("INTERRUPTED: "):]
+    assert said.startswith("INTERRUPTED: notebooks/01_baseline_cnn.ipynb was interrupted\n") and "ERROR" not in err, err
+    assert "holds 1 completed epoch(s) of baseline's" in said and "make run-all RESUME=true" in said and "To go on" not in said
+
+
 def test_a_tile_size_for_every_run_reaches_the_resnet50_runs_and_not_the_baseline(monkeypatch, tmp_path, tiny_data, capsys):
     """The README's own example, `make run-all TILE_SIZE=96`: the baseline takes 256x256 tiles only,
     so it keeps its own and says so; the other runs get 96. Given to the baseline alone, it is refused."""

@@ -5,12 +5,14 @@ beside it, the tiles normalised to a stain target, one array per target (lib/dat
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -160,7 +162,9 @@ class TileCache:
     filled row by row as runs ask for them, so a subset decodes only its own tiles; the file is
     sparse until then. Per row it also keeps the state (NOT_DECODED, DECODED, UNREADABLE) and the
     header (width, height, mode code; -1 not looked at yet). <key> covers every file's size and time:
-    a changed file gives a new cache, and the old one is removed."""
+    a changed file gives a new cache, and the old one is removed. Processes that share a cache (run
+    notebooks executing at once, `make run-all JOBS=N`) take turns at it: each step that reads and
+    writes its files holds `<key>.lock` (_exclusive) and starts from what the others saved."""
 
     def __init__(self, sources: list[TileSource], cache_dir: str | Path | None, keep_tiles: bool = True, multi_page: str = "refuse",
                  non_square: str = "crop"):  # fmt: skip
@@ -173,19 +177,65 @@ class TileCache:
         self.size, self.array, self.state, self.decoded_now = 0, None, None, 0
         # While decoding into the cache file: its descriptor, where its rows begin; the meta as last saved.
         self._data_fd, self._data_offset, self._meta_saved = None, 0, ""
+        self._lock_fd, self._lock_depth = None, 0
         # "notes": per decoded row, what decoding did beyond resizing (EXIF orientation, bit depth, pages).
         self.meta = {"first": str(sources[0]), "n": len(sources), "modes": [], "bad": {}, "notes": {}}
         self.headers = np.full((len(sources), 3), -1, dtype=np.int32)
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             self.key = _content_key(sources, multi_page, non_square)
-            meta_file, headers_file = self._file(".json"), self._file(".headers.npy")
-            if meta_file.is_file() and headers_file.is_file():
-                self.meta, self.headers = json.loads(meta_file.read_text()), np.load(headers_file)
-                self._meta_saved = json.dumps(self.meta)
-            else:
-                _forget_older_caches(self.cache_dir, self.meta["first"])
-                self._save_meta()
+            with self._exclusive():  # reads the meta and headers another process saved, if any
+                if not (self._file(".json").is_file() and self._file(".headers.npy").is_file()):
+                    _forget_older_caches(self.cache_dir, self.meta["first"], spare=self._file(".lock"))
+                    self._save_meta()
+
+    @contextmanager
+    def _exclusive(self):
+        """This cache's files to this process alone while the block runs, against other processes
+        on the same data set (runs at once, JOBS=N: one could otherwise rename a new, empty file over
+        the one another decodes into, or save its row states over the other's): a flock on
+        `<key>.lock`, which the system drops with its process however it ends. On entry the meta,
+        headers and row states are read again, so the block starts from what the others saved.
+        Reentrant; a no-op without a cache_dir."""
+        if self.cache_dir is None:
+            yield
+            return
+        if self._lock_depth == 0:
+            fd = os.open(self._file(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    print(f"waiting for another process using the tile cache {self._file('.lock')} (a run beside this one, "
+                          "decoding the same data set)", flush=True)  # fmt: skip
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+        self._lock_depth += 1
+        try:
+            if self._lock_depth == 1:
+                self._read_saved()
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)  # explicit: decoding's forked workers hold copies of the descriptor
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _read_saved(self) -> None:
+        """The meta, headers and (for an open size) row states as saved on disk, where they are."""
+        meta_file, headers_file = self._file(".json"), self._file(".headers.npy")
+        if meta_file.is_file() and headers_file.is_file():
+            self.meta, self.headers = json.loads(meta_file.read_text()), np.load(headers_file)
+            self._meta_saved = json.dumps(self.meta)
+        state_file = self._file(".state.npy", self.size) if self.size else None
+        if state_file is not None and state_file.is_file():
+            self.state = np.load(state_file)
+            for row in self.meta["bad"]:
+                self.state[int(row)] = UNREADABLE
 
     def _file(self, suffix: str, size: int = 0) -> Path:
         return self.cache_dir / f"{self.key}{f'-{size}' if size else ''}{suffix}"
@@ -207,6 +257,10 @@ class TileCache:
 
     def scan_headers(self, rows: np.ndarray) -> None:
         """Width, height and mode of each of `rows` not looked at yet, from the file headers only."""
+        with self._exclusive():
+            self._scan_headers(rows)
+
+    def _scan_headers(self, rows: np.ndarray) -> None:
         todo = rows[self.headers[rows, 0] == -1]
         if not len(todo):
             return
@@ -244,11 +298,12 @@ class TileCache:
             self.state = np.zeros(n, dtype=np.uint8)
         else:
             data_file, state_file = self._file(".npy", size), self._file(".state.npy", size)
-            if not (data_file.is_file() and state_file.is_file()):
-                write_whole(data_file, lambda f: _write_sparse_npy(f, (n, 3, size, size)), "cache_dir",
-                            tmp=data_file.with_name(data_file.name + ".tmp.npy"))  # sparse: no row written yet
-                _save_npy(state_file, np.zeros(n, dtype=np.uint8))
-            self.array, self.state = np.load(data_file, mmap_mode="r+"), np.load(state_file)
+            with self._exclusive():  # made once, by one process: the others map that file, never one renamed over it
+                if not (data_file.is_file() and state_file.is_file()):
+                    write_whole(data_file, lambda f: _write_sparse_npy(f, (n, 3, size, size)), "cache_dir",
+                                tmp=data_file.with_name(data_file.name + ".tmp.npy"))  # sparse: no row written yet
+                    _save_npy(state_file, np.zeros(n, dtype=np.uint8))
+                self.array, self.state = np.load(data_file, mmap_mode="r+"), np.load(state_file)
             self._data_offset = self.array.offset
         for row in self.meta["bad"]:  # unreadable at one size is unreadable at every size
             self.state[int(row)] = UNREADABLE
@@ -256,7 +311,12 @@ class TileCache:
     def decode(self, rows: np.ndarray, desc: str) -> None:
         """Decode those of `rows` not decoded yet (PIL, in parallel; HDF5 rows in blocks) into the
         cache. Raises ValueError when the disk has too little room before decoding begins, and
-        DiskFullError when it fills while decoding: the rows decoded until then are kept."""
+        DiskFullError when it fills while decoding: the rows decoded until then are kept. Another
+        process decoding into the same cache is waited for, and the rows it decoded are not decoded again."""
+        with self._exclusive():
+            self._decode(rows, desc)
+
+    def _decode(self, rows: np.ndarray, desc: str) -> None:
         todo = rows[self.state[rows] == NOT_DECODED]
         self.decoded_now = len(todo)
         if not len(todo):
@@ -477,6 +537,10 @@ class TileCache:
         target's method and digest beside the tile size, so raw and normalised tiles (or tiles
         normalised to two targets) never mix; a later call reads them. Raises ValueError before
         writing when the disk has too little room, DiskFullError when it fills."""
+        with self._exclusive():  # one process normalises a row; the others read it
+            return self._stain_normalized(rows, target, device, desc)
+
+    def _stain_normalized(self, rows: np.ndarray, target: StainTarget, device, desc: str) -> tuple[torch.Tensor, int, int]:
         rows = np.asarray(rows, dtype=np.int64)
         rows = rows[self.state[rows] == DECODED]
         raw = self.tiles()
@@ -545,8 +609,9 @@ class TileCache:
                 f"{self.size}x{self.size}); cache_dir moves it")  # fmt: skip
 
 
-def _forget_older_caches(cache_dir: Path, first: str) -> None:
-    """A data set that changed leaves its old cache behind: drop every cache of the same set (by its first file)."""
+def _forget_older_caches(cache_dir: Path, first: str, spare: Path | None = None) -> None:
+    """A data set that changed leaves its old cache behind: drop every cache of the same set (by its
+    first file), all but `spare` (the lock file its caller holds: another process must find the same one)."""
     for meta_file in cache_dir.glob("*.json"):
         try:
             meta = json.loads(meta_file.read_text())
@@ -555,7 +620,8 @@ def _forget_older_caches(cache_dir: Path, first: str) -> None:
         if meta.get("first") == first:
             key = meta_file.stem
             for old in cache_dir.glob(f"{key}*"):
-                old.unlink(missing_ok=True)
+                if old != spare:
+                    old.unlink(missing_ok=True)
 
 
 def decode_tiles(sources: list[TileSource], size: int = TILE_SIZE, desc: str = "decoding tiles",
