@@ -702,18 +702,21 @@ def _selected_runs(options: dict) -> list[str]:
 
 def preflight(configs) -> dict[str, list | None]:
     """What can fail inside a notebook, checked for every run before the first one starts, so that a
-    typo does not cost the runs before it: the device, each run's stain_reference image (read as the
+    typo does not cost the runs before it: the device and the processes each run asks for
+    (nproc_per_node: one GPU each), each run's stain_reference image (read as the
     run will read it), and each ResNet50 run's weights (the file read and checked as the run will read
     it). Returns, per run, the weights file's identity (path, size, time) for the run's fingerprint: a
     file that appears or changes reruns the run."""
     from lib.data import read_stain_reference
     from lib.models import build_resnet50
+    from lib.training.distributed import check_processes
     from lib.training.speed import resolve_device
     from lib.weights import imagenet_cache_file
 
     identities, checked = {}, set()
     for config in configs:
         resolve_device(config.device)
+        check_processes(config)  # several processes on one GPU: refused by name
         if config.stain_reference:
             read_stain_reference(config.stain_reference)  # raises, naming the file and the parameter
         identities[config.run] = None

@@ -137,6 +137,11 @@ def test_what_would_fail_inside_a_notebook_fails_before_the_first(monkeypatch, t
         pipeline.run_all(common | {"multi_page": "all"})
     with pytest.raises(ValueError, match=r"weights='none' asks for no pretrained weights, but weights_path"):
         pipeline.run_all(common | {"weights": "none", "weights_path": "/x.pth", "runs": "resnet50-10ep"})
+    # NPROC_PER_NODE=2 on a machine with one GPU: refused before the first run, not when the run reaches it.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"nproc_per_node=2 for baseline asks for one GPU per process, but PyTorch sees 1"):
+        pipeline.run_all(common | {"device": "cuda", "nproc_per_node": "2", "profile": "quick"})
 
 
 def test_a_run_whose_results_are_gone_or_whose_weights_changed_runs_again(monkeypatch, tmp_path, tiny_data):
