@@ -330,6 +330,10 @@ def _validate(config: RunConfig) -> None:
         raise ValueError(f"parameter crop_size={config.crop_size} must be 0 (follows the tile) or a positive number of pixels")
     if config.nproc_per_node < 1:
         raise ValueError(f"parameter nproc_per_node={config.nproc_per_node} must be at least 1 (1: one process; N: N processes under torchrun)")
+    if config.batch_size < config.nproc_per_node:
+        raise ValueError(f"parameter batch_size={config.batch_size} is smaller than nproc_per_node={config.nproc_per_node}: each batch is "
+                         "shared among the processes, and every process needs at least one tile of it. Use a batch_size of at least "
+                         f"{config.nproc_per_node}, or fewer processes")  # fmt: skip
     if config.nproc_per_node > 1 and ":" in config.device:
         raise ValueError(f"parameter device={config.device!r} names one GPU, but nproc_per_node={config.nproc_per_node} processes would "
                          "share it: several processes on one GPU are not supported. Use device='cuda' (each process takes its own "

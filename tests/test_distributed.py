@@ -117,7 +117,7 @@ DIES = """
 """
 
 
-def test_a_killed_rank_ends_the_run_naming_it_and_the_run_resumes_to_the_uninterrupted_weights(tiny_data, tmp_path):
+def test_a_killed_rank_ends_the_run_naming_it_and_the_run_resumes_to_the_uninterrupted_weights(tiny_data, tmp_path, capsys):
     """Rank 1 killed (SIGKILL: no word of its own) in the third epoch: one message names rank 1, the
     signal, the epochs last.pt keeps and the command that resumes; resumed under torchrun, the run ends
     with the weights and figures of a two-process run never interrupted (to the bit: gloo sums in a
@@ -127,6 +127,8 @@ def test_a_killed_rank_ends_the_run_naming_it_and_the_run_resumes_to_the_uninter
     killed = entry_script(tmp_path, "killed", DIES.format(epoch=2, how="os.kill(os.getpid(), signal.SIGKILL)"))
     with pytest.raises(distributed.DistributedRunFailed) as failed:
         loop._fit_under_torchrun(config, entry=killed)
+    # In torchrun's own output (what a SLURM log keeps), rank 0 says how to resume without a notebook.
+    assert "keeps the run's last saved epoch; to continue from it, start the same torchrun command with resume=true" in capsys.readouterr().out
     message = str(failed.value)
     assert "rank 1 of 2 failed first (killed by signal SIGKILL" in message
     assert "holds 2 completed epoch(s) of 4" in message and "-m lib.training" in message and "resume=true" in message
@@ -176,6 +178,11 @@ def test_uneven_shares_differ_by_one_tile_and_too_few_tiles_are_refused():
 
 
 def test_unsupported_process_counts_are_refused_by_name(tiny_data, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"batch_size=1 is smaller than nproc_per_node=2: each batch is shared"):
+        tiny_config(tiny_data, tmp_path, nproc_per_node=2, batch_size=1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"device='cuda' with nproc_per_node=2 for baseline asks for 2 GPUs, but PyTorch sees none.*'cpu'"):
+        distributed.check_processes(dataclasses.replace(tiny_config(tiny_data, tmp_path), device="cuda", nproc_per_node=2))
     with pytest.raises(ValueError, match=r"device='cuda:0' names one GPU.*several processes on one GPU"):
         tiny_config(tiny_data, tmp_path, nproc_per_node=2, device="cuda:0")
     with pytest.raises(ValueError, match=r"nproc_per_node=0 must be at least 1"):
@@ -204,6 +211,16 @@ def test_the_entry_point_reads_a_run_folder_or_a_registry_run(tiny_data, tmp_pat
         distributed.config_from_arguments([str(tmp_path)])
     with pytest.raises(ValueError, match=r"'epochs' is not name=value"):
         distributed.config_from_arguments(["baseline", "epochs"])
+    with pytest.raises(FileNotFoundError, match=r"nope/baseline: no such run folder"):
+        distributed.config_from_arguments([str(tmp_path / "nope" / "baseline")])
+
+
+def test_the_entry_point_says_its_usage_and_an_error_in_one_line(tiny_data, tmp_path, capsys):
+    assert distributed.main([]) == 2 and "usage: torchrun" in capsys.readouterr().err
+    assert distributed.main(["baseline", f"data_dir={tiny_data}", "epochs=0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("FAILED: rank 0 of 1 (ValueError): parameter epochs=0 must be at least 1 [host ")
 
 
 def test_the_failed_rank_is_read_from_torchruns_summary_when_the_rank_said_nothing():

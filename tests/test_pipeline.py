@@ -137,6 +137,9 @@ def test_what_would_fail_inside_a_notebook_fails_before_the_first(monkeypatch, t
         pipeline.run_all(common | {"multi_page": "all"})
     with pytest.raises(ValueError, match=r"weights='none' asks for no pretrained weights, but weights_path"):
         pipeline.run_all(common | {"weights": "none", "weights_path": "/x.pth", "runs": "resnet50-10ep"})
+    if not torch.cuda.is_available():  # a parameter error, said in one line by make (ValueError), not a traceback
+        with pytest.raises(ValueError, match=r"device='cuda' asked for, but PyTorch sees no CUDA device here"):
+            pipeline.run_all(common | {"device": "cuda", "profile": "quick"})
     # NPROC_PER_NODE=2 on a machine with one GPU: refused before the first run, not when the run reaches it.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

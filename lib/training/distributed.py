@@ -100,6 +100,9 @@ def check_processes(config: RunConfig, local_world: int | None = None) -> None:
         return
     if _wants_cuda(config.device):
         gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ValueError(f"device={config.device!r} with nproc_per_node={n} for {config.run} asks for {n} GPUs, but PyTorch sees none "
+                             "here: use device='cpu' (the processes share the CPU's cores, gloo), or run on a machine with GPUs")  # fmt: skip
         if gpus < n:
             raise ValueError(f"nproc_per_node={n} for {config.run} asks for one GPU per process, but PyTorch sees {gpus} here "
                              f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): several processes on one GPU "
@@ -320,7 +323,7 @@ def failed_rank(lines: list[str]) -> tuple[int | None, str]:
         match = re.search(rf"{FAILED_MARK} rank (\d+) of \d+ \(([^)]*)\): (.*?)(?: \[host [^\]]*\])?$", line)
         if match:
             own.append((int(match.group(1)), match.group(2), match.group(3)))
-    first_cause = [(rank, said) for rank, kind, said in own if kind != "communication"]
+    first_cause = [(rank, said) for rank, kind, said in own if kind not in ("communication", "interrupted")]
     if first_cause:
         return first_cause[0]
     text = "\n".join(lines)
@@ -360,6 +363,9 @@ def config_from_arguments(argv: list[str]) -> RunConfig:
     if not argv or argv[0].startswith("-"):
         raise ValueError(USAGE)
     target, settings = argv[0], {}
+    if os.sep in target and not Path(target).is_dir():
+        raise FileNotFoundError(f"{target}: no such run folder (a folder holding {LAUNCH_FILE}); or give a registry run's name: "
+                                "-m lib.training resnet50-10ep name=value ...")  # fmt: skip
     for item in argv[1:]:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
@@ -379,32 +385,74 @@ def config_from_arguments(argv: list[str]) -> RunConfig:
     return run_config(target, **settings)
 
 
+# Errors that say what is wrong in their message (a parameter, a file, a folder in use): no traceback for them.
+EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train one run in this process, one of torchrun's. Ranks other than 0 print nothing but their
-    failure; a failure on any rank prints one FAILED line naming the rank (for the launcher) after the
-    traceback, and exits 1: torchrun then stops the other ranks."""
+    failure. A failure on any rank prints one FAILED line naming the rank (for the launcher and for a
+    reader of torchrun's log), after the traceback of an unexpected error; rank 0 adds what last.pt
+    keeps and how to resume. Exits 1 (130 after Ctrl-C): torchrun then stops the other ranks."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if rank != 0:  # rank 0 tells the run; the others would repeat it
         sys.stdout = open(os.devnull, "w")
         os.environ["HISTO_PROGRESS"] = "off"
+    # torchrun stops the other ranks with SIGTERM once one has failed (a scheduler's time limit sends it
+    # too): raised here as an exception, so that this rank says so, and rank 0 how to resume.
+    signal.signal(signal.SIGTERM, _terminated)
+    config = None
     try:
         from lib.training.loop import fit
 
-        fit(config_from_arguments(argv))
+        config = config_from_arguments(argv)
+        fit(config)
     except BaseException as error:
         if isinstance(error, SystemExit) and not error.code:
             raise
-        traceback.print_exc()
-        kind = "communication" if _communication_error(error) else type(error).__name__
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"{FAILED_MARK} rank {rank} of {world} ({kind}): {message} [host {socket.gethostname()}, pid {os.getpid()}]",
-              file=sys.stderr, flush=True)  # fmt: skip
+        _say_failure(error, rank, world, config, argv)
         return 130 if isinstance(error, KeyboardInterrupt) else 1
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a rank: stops it as Ctrl-C does."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+def _say_failure(error: BaseException, rank: int, world: int, config: RunConfig | None, argv: list[str]) -> None:
+    """The FAILED line of a rank (one write, so that the ranks' lines in torchrun's shared output do not
+    interleave), and on rank 0 the resume line."""
+    from lib.config import ParameterError
+
+    communication = _communication_error(error)
+    if not isinstance(error, (*EXPECTED_ERRORS, ParameterError, KeyboardInterrupt)) and not communication:
+        traceback.print_exc()
+    if isinstance(error, Terminated):
+        kind, said = "interrupted", "stopped by SIGTERM (torchrun stops every rank once one has failed; or a time limit)"
+    elif isinstance(error, KeyboardInterrupt):
+        kind, said = "interrupted", "stopped by Ctrl-C (SIGINT)"
+    elif communication:
+        kind, said = "communication", "another rank ended, so this one stopped (torchrun's summary names the rank that failed first)"
+    else:
+        kind = type(error).__name__
+        said = " ".join(str(error).split())[:1500] or type(error).__name__
+    lines = [f"{FAILED_MARK} rank {rank} of {world} ({kind}): {said} [host {socket.gethostname()}, pid {os.getpid()}]"]
+    if rank == 0 and config is not None:
+        last = Path(config.run_dir) / "last.pt"
+        if last.is_file() and not (Path(config.run_dir) / "result.json").is_file():
+            again = [a for a in argv if not a.startswith(("resume=", "fresh="))]
+            lines.append(f"{last} keeps the run's last saved epoch; to continue from it, start the same torchrun command with "
+                         f"resume=true: ... -m {ENTRY_MODULE} {shlex.join(again)} resume=true (same nproc_per_node and parameters)")  # fmt: skip
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
 
 
 def _communication_error(error: BaseException) -> bool:

@@ -30,7 +30,7 @@ ORIGINAL = SpeedSettings(precision="fp32", channels_last=False, compile=False)
 
 def resolve_device(name: str) -> torch.device:
     """The torch device a `device` parameter names: "auto" is CUDA when present, else the CPU.
-    Raises ValueError for a name that is no device, RuntimeError when CUDA is asked for and PyTorch sees none."""
+    Raises ValueError for a name that is no device, or CUDA asked for where PyTorch sees none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -38,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ValueError(f"parameter device={name!r} names no device: use auto, cpu, cuda or cuda:N (N the GPU's number)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} asked for, but PyTorch sees no CUDA device here; use 'auto' or 'cpu'")
+        raise ValueError(f"device={name!r} asked for, but PyTorch sees no CUDA device here; use 'auto' or 'cpu'")
     return device
 
 
