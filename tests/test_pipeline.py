@@ -223,14 +223,20 @@ def test_no_resume_hint_for_a_finished_run_or_one_without_a_saved_epoch(tmp_path
     assert pipeline.resume_hint(config) == "", "a finished run"
 
 
-def test_ctrl_c_during_a_run_ends_with_the_resume_command_not_a_traceback(monkeypatch, tmp_path, tiny_data):
+def interrupted_after_one_epoch(tmp_path):
+    """A fake `execute` whose baseline saved one epoch's last.pt, then met Ctrl-C."""
+
     def interrupted(notebook, executed_dir, parameters):
         folder = tmp_path / "runs" / "baseline"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save({"epoch": 0}, folder / "last.pt")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "execute", interrupted)
+    return interrupted
+
+
+def test_ctrl_c_during_a_run_ends_with_the_resume_command_not_a_traceback(monkeypatch, tmp_path, tiny_data):
+    monkeypatch.setattr(pipeline, "execute", interrupted_after_one_epoch(tmp_path))
     settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"), "runs": "baseline"}
     with pytest.raises(pipeline.NotebookFailed, match=r"01_baseline_cnn.ipynb was interrupted\n.*holds 1 completed epoch.*RESUME=true"):
         pipeline.run_all(settings)
@@ -239,13 +245,7 @@ def test_ctrl_c_during_a_run_ends_with_the_resume_command_not_a_traceback(monkey
 def test_ctrl_c_during_a_run_through_main_ends_interrupted_with_status_130_and_the_resume_command(monkeypatch, tmp_path, tiny_data, capsys):
     """As the evaluation and the report end: INTERRUPTED and 128 + the signal, not ERROR and 1; the
     command that goes on is the resume hint's, not a plain rerun."""
-    def interrupted(notebook, executed_dir, parameters):
-        folder = tmp_path / "runs" / "baseline"
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save({"epoch": 0}, folder / "last.pt")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(pipeline, "execute", interrupted)
+    monkeypatch.setattr(pipeline, "execute", interrupted_after_one_epoch(tmp_path))
     settings = {"data_dir": str(tiny_data), "reports_dir": str(tmp_path / "reports"), "runs_dir": str(tmp_path / "runs"), "runs": "baseline"}
     assert pipeline.main(["run-all", *(f"{name}={value}" for name, value in settings.items())]) == 130
     err = capsys.readouterr().err
