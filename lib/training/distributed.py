@@ -51,7 +51,7 @@ ENTRY_MODULE = "lib.training"  # python -m lib.training: the entry point torchru
 LAUNCH_FILE = "launch.json"  # runs/<run>/launch.json: the config a notebook's fit hands to torchrun's processes
 FAILED_MARK = "FAILED:"  # how a rank's own failure line starts on stderr, for the launcher to find
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-STOP_WAIT_S = 30  # after Ctrl-C: how long torchrun gets to stop its processes before they are killed
+STOP_WAIT_S = 15  # after Ctrl-C: how long torchrun gets to stop its processes before they are killed (below the pipeline's KERNEL_STOP_S, 20 s, after which it kills the kernel and torchrun with it, but not the ranks, which torchrun starts in sessions of their own)
 
 
 class DistributedRunFailed(RuntimeError):
