@@ -968,7 +968,9 @@ def _run_concurrently(steps: list[_RunStep], executed_dir: Path, settings: dict,
                         running[step.run] = job
                         started.append(step)
                         idle.clear()
-                        _say(f"=== {step.run}: started ({len(running)} of {at_once} at once) on {placement.where}: notebooks/{step.notebook} "
+                        processes = processes_of(step.config)
+                        under = f", {processes} processes under torchrun" if processes > 1 else ""
+                        _say(f"=== {step.run}: started ({len(running)} of {at_once} at once{under}) on {placement.where}: notebooks/{step.notebook} "
                              f"-> {_shown(executed_dir / step.notebook)}, its output in {_shown(_log_file(executed_dir, step.notebook))}")  # fmt: skip
                         threading.Thread(target=work, args=(step, job, placement), name=f"run {step.run}", daemon=True).start()
                     if not running:  # every GPU is free, yet the next run found too few: check_devices refuses such a run first
