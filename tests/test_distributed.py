@@ -280,3 +280,12 @@ def test_ctrl_c_stops_torchrun_and_every_rank_and_the_run_resumes(tiny_data, tmp
     assert not folder.has_result() and 2 <= done < 30
     resumed = loop.fit(dataclasses.replace(config, resume=True))
     assert len(resumed.history) == 30 and folder.check_whole()
+
+
+def test_a_run_saved_before_nproc_per_node_existed_resumes_as_one_process(tiny_data, tmp_path):
+    """config.json of an older workbook has no nproc_per_node: its run was one process, the default,
+    so it continues rather than being refused for "None there, 1 now"."""
+    config = tiny_config(tiny_data, tmp_path)
+    saved = {k: v for k, v in dataclasses.asdict(config).items() if k != "nproc_per_node"}
+    assert loop.changed_parameters(saved, config) == []
+    assert loop.changed_parameters(saved, dataclasses.replace(config, nproc_per_node=2)) == ["nproc_per_node"]

@@ -361,8 +361,11 @@ def changed_parameters(saved: dict, config: RunConfig, also_ignore=frozenset()) 
 
 
 def _changed_parameters(saved: dict, current: dict, also_ignore=frozenset()) -> list[str]:
-    """The fields whose saved (config.json) and current values differ, those that may differ on resume aside."""
-    return sorted(k for k in current if k not in _RESUME_MAY_DIFFER | set(also_ignore) and saved.get(k) != current[k])
+    """The fields whose saved (config.json) and current values differ, those that may differ on resume
+    aside. A field the saved config lacks (a later workbook added it) counts as its default, which is
+    what the run that saved it did (nproc_per_node: one process)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    return sorted(k for k in current if k not in _RESUME_MAY_DIFFER | set(also_ignore) and saved.get(k, defaults.get(k)) != current[k])
 
 
 def _finished_result(config: RunConfig, folder: RunFolder) -> RunResult | None:
