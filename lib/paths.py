@@ -22,3 +22,10 @@ def resolve(path: str | Path) -> Path:
     notebooks/ (JupyterLab) and one run by papermill from the root mean the same folder."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def pythonpath_with_project(pythonpath: str) -> str:
+    """A PYTHONPATH value with the project root first (once), so that a child process (a notebook's
+    kernel, torchrun's ranks) imports lib/ from this checkout whatever its site-packages say."""
+    kept = [p for p in pythonpath.split(os.pathsep) if p and p != str(PROJECT_ROOT)]
+    return os.pathsep.join([str(PROJECT_ROOT), *kept])

@@ -66,7 +66,7 @@ from typing import TextIO
 from lib import paths, registry
 from lib.config import BASELINE_TILE, PRETRAINED_FIELDS, ParameterError, convert, run_config, settable_fields
 from lib.jobs import DevicePlan, check_devices, check_jobs, cpu_cores, processes_of, visible_gpus
-from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, resolve
+from lib.paths import DEFAULT_DATA_DIR, KERNEL_NAME, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, RUNS_DIR, pythonpath_with_project, resolve
 from lib.writer_lock import FolderInUse
 
 EVALUATION_NOTEBOOK = "06_evaluation.ipynb"
@@ -443,8 +443,7 @@ def _kernel_environment() -> None:
     (so that once the main thread has set it, a job's thread calling this writes nothing to os.environ)."""
     # The kernel imports lib/ from this checkout whatever its Python's site-packages say (the .pth that
     # `make venv` writes is not there after a plain `pip install -r requirements.txt`).
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    wanted = os.pathsep.join([str(PROJECT_ROOT), *(p for p in paths if p != str(PROJECT_ROOT))])
+    wanted = pythonpath_with_project(os.environ.get("PYTHONPATH", ""))
     if os.environ.get("PYTHONPATH") != wanted:
         os.environ["PYTHONPATH"] = wanted
     # Kernels inherit it: papermill keeps a kernel's output as text in the executed notebook and the log,
@@ -785,19 +784,6 @@ def pipeline_locks(runs_dir: Path, reports_dir: Path, purpose: str) -> list:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch scheduler's time limit, `timeout`, kill): stops the pipeline as Ctrl-C does."""
-
-
-def _child_processes() -> list[int]:
-    """This process's children, read from Linux's /proc (elsewhere none are found)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the command, which may hold spaces
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == os.getpid():
-            children.append(int(stat.parent.name))
-    return children
 
 
 @dataclass

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from lib.config import RunConfig
-from lib.paths import PROJECT_ROOT
+from lib.paths import PROJECT_ROOT, pythonpath_with_project
 
 ENTRY_MODULE = "lib.training"  # python -m lib.training: the entry point torchrun starts (lib/training/__main__.py)
 LAUNCH_FILE = "launch.json"  # runs/<run>/launch.json: the config a notebook's fit hands to torchrun's processes
@@ -233,8 +233,7 @@ def process_environment(nproc: int, device: str) -> dict:
     launcher relays them), and on the CPU the cores shared among the processes (torchrun would set
     OMP_NUM_THREADS=1 and warn)."""
     env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(PROJECT_ROOT)]
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *paths])
+    env["PYTHONPATH"] = pythonpath_with_project(env.get("PYTHONPATH", ""))
     env["HISTO_PROGRESS"] = "plain"
     env["PYTHONUNBUFFERED"] = "1"
     if not _wants_cuda(device):
